@@ -1,0 +1,30 @@
+# The two commands in the README: `make demo` and `make test`. Both set up .venv/ first (idempotent).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test test-fast lint format bench
+
+setup:
+	bash scripts/setup.sh
+
+demo: setup
+	$(PY) train.py experiment=demo mode=all
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: setup
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+bench: setup
+	$(PY) benchmarks/startup.py
+	$(PY) benchmarks/prep.py

@@ -1,0 +1,26 @@
+"""Errors a user can act on. `train.py` prints their message (no traceback) and exits non-zero."""
+
+from __future__ import annotations
+
+
+class SentinelError(Exception):
+    """A problem with the user's input or environment; the message names the file/key and the fix."""
+
+
+class ConfigError(SentinelError):
+    """A config value that types cannot rule out (ranges, combinations). Names the full dotted key."""
+
+    def __init__(self, key: str, problem: str, fix: str = "") -> None:
+        self.key = key
+        message = f"config key '{key}': {problem}"
+        if fix:
+            message += f". Fix: {fix}"
+        super().__init__(message)
+
+
+class NotImplementedStage(SentinelError):
+    """A mode whose stage has not been built yet. Fails plainly rather than pretending to run."""
+
+    def __init__(self, mode: str, issue: int) -> None:
+        self.mode = mode
+        super().__init__(f"mode={mode} is not implemented yet (tracked in issue #{issue})")

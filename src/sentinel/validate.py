@@ -1,0 +1,139 @@
+"""Range and combination checks that types cannot express, run once before any work.
+
+Every failure raises ConfigError with the full dotted key, so `train.py` can print one actionable line.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from omegaconf import DictConfig
+
+from sentinel.errors import ConfigError
+from sentinel.schema import SOURCE_SCHEMAS
+
+DISTRIBUTIONS = ("uniform", "loguniform", "randint", "choice")
+SEARCH_ALGS = ("random", "optuna", "hyperopt")
+LINK_MODES = ("hardlink", "symlink", "copy")
+DEMO_LAYOUTS = ("roboflow", "fiftyone")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check the whole composed config; raise ConfigError on the first problem found."""
+    _check_datasets(cfg.datasets)
+    _check_merge(cfg.merge)
+    _check_search_space(cfg.search_space)
+    _check_hardware(cfg.hardware)
+    _check_model(cfg.model)
+    _check_tune(cfg.tune)
+
+
+def _check_datasets(datasets: DictConfig) -> None:
+    if len(datasets) == 0:
+        raise ConfigError("datasets", "no dataset selected", "pick some, e.g. datasets=[demo]")
+    for name, source in datasets.items():
+        key = f"datasets.{name}"
+        type_name = source.get("type")
+        if type_name not in SOURCE_SCHEMAS:
+            raise ConfigError(
+                f"{key}.type", f"unknown source type {type_name!r}", f"use one of {sorted(SOURCE_SCHEMAS)}"
+            )
+        if type_name == "coco" and not 0.0 <= source.test_fraction < 1.0:
+            raise ConfigError(f"{key}.test_fraction", f"{source.test_fraction} is not in [0, 1)")
+        if type_name == "coco" and source.max_samples is not None and source.max_samples < 1:
+            raise ConfigError(f"{key}.max_samples", "must be at least 1, or null for all")
+        if type_name == "demo":
+            if source.layout not in DEMO_LAYOUTS:
+                raise ConfigError(
+                    f"{key}.layout", f"unknown layout {source.layout!r}", f"use one of {DEMO_LAYOUTS}"
+                )
+            if len(source.names) == 0:
+                raise ConfigError(f"{key}.names", "needs at least one class name")
+            if source.imgsz < 32:
+                raise ConfigError(f"{key}.imgsz", f"{source.imgsz} is too small", "use 32 or more")
+        if type_name == "roboflow" and source.timeout_s <= 0:
+            raise ConfigError(f"{key}.timeout_s", "must be positive")
+
+
+def _check_merge(merge: DictConfig) -> None:
+    if merge.link not in LINK_MODES:
+        raise ConfigError("merge.link", f"unknown link mode {merge.link!r}", f"use one of {LINK_MODES}")
+    if merge.workers < 1:
+        raise ConfigError("merge.workers", "must be at least 1")
+    overlap = set(merge.include) & set(merge.exclude)
+    if overlap:
+        raise ConfigError(
+            "merge.include", f"{sorted(overlap)} also in merge.exclude", "list a class in one of them"
+        )
+
+
+def _check_search_space(space: DictConfig) -> None:
+    for name, spec in space.items():
+        key = f"search_space.{name}"
+        if spec.dist not in DISTRIBUTIONS:
+            raise ConfigError(
+                f"{key}.dist", f"unknown distribution {spec.dist!r}", f"use one of {DISTRIBUTIONS}"
+            )
+        if spec.dist == "choice":
+            if not spec.values:
+                raise ConfigError(f"{key}.values", "choice needs a non-empty list of values")
+            continue
+        low, high = spec.low, spec.high
+        if low is None or high is None:
+            raise ConfigError(key, f"{spec.dist} needs both low and high")
+        if not (_finite(low) and _finite(high)) or low >= high:
+            raise ConfigError(f"{key}.low", f"low ({low}) must be below high ({high})")
+        if spec.dist == "loguniform" and low <= 0:
+            raise ConfigError(f"{key}.low", f"loguniform needs low > 0, got {low}")
+
+
+def _check_hardware(hw: DictConfig) -> None:
+    if hw.cpu_per_trial <= 0:
+        raise ConfigError("hardware.cpu_per_trial", f"must be positive, got {hw.cpu_per_trial}")
+    if hw.gpu_per_trial < 0:
+        raise ConfigError("hardware.gpu_per_trial", f"must be 0 or more, got {hw.gpu_per_trial}")
+    if 0 < hw.gpu_per_trial < 1 and not _packs_evenly(hw.gpu_per_trial):
+        raise ConfigError(
+            "hardware.gpu_per_trial",
+            f"{hw.gpu_per_trial} does not divide a GPU evenly",
+            "use 0.5, 0.25, 0.2 …",
+        )
+    if hw.max_concurrent_trials < 1:
+        raise ConfigError("hardware.max_concurrent_trials", "must be at least 1")
+    if hw.workers < 0:
+        raise ConfigError("hardware.workers", "must be 0 or more")
+
+
+def _check_model(model: DictConfig) -> None:
+    for key in ("imgsz", "epochs"):
+        if model[key] < 1:
+            raise ConfigError(f"model.{key}", f"must be at least 1, got {model[key]}")
+    if model.patience < 0:
+        raise ConfigError("model.patience", "must be 0 or more")
+    if not str(model.weights).endswith((".pt", ".yaml", ".yml")):
+        raise ConfigError("model.weights", f"{model.weights!r} is neither a .pt nor a .yaml model")
+
+
+def _check_tune(tune: DictConfig) -> None:
+    if tune.search_alg not in SEARCH_ALGS:
+        raise ConfigError("tune.search_alg", f"unknown {tune.search_alg!r}", f"use one of {SEARCH_ALGS}")
+    if tune.mode not in ("max", "min"):
+        raise ConfigError("tune.mode", f"must be max or min, got {tune.mode!r}")
+    if tune.num_samples < 1 or tune.epochs < 1:
+        raise ConfigError("tune.num_samples", "num_samples and epochs must be at least 1")
+    if not 0 < tune.grace_period < tune.epochs and tune.epochs > 1:
+        raise ConfigError(
+            "tune.grace_period", f"{tune.grace_period} must be in [1, tune.epochs={tune.epochs})", "lower it"
+        )
+    if tune.reduction_factor < 2:
+        raise ConfigError("tune.reduction_factor", "must be at least 2")
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _packs_evenly(fraction: float) -> bool:
+    count = 1.0 / fraction
+    return abs(count - round(count)) < 1e-6
