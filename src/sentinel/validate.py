@@ -45,9 +45,7 @@ def _check_datasets(datasets: DictConfig) -> None:
             raise ConfigError(f"{key}.max_samples", "must be at least 1, or null for all")
         if type_name == "demo":
             if source.layout not in DEMO_LAYOUTS:
-                raise ConfigError(
-                    f"{key}.layout", f"unknown layout {source.layout!r}", f"use one of {DEMO_LAYOUTS}"
-                )
+                raise ConfigError(f"{key}.layout", f"unknown layout {source.layout!r}", f"use one of {DEMO_LAYOUTS}")
             if len(source.names) == 0:
                 raise ConfigError(f"{key}.names", "needs at least one class name")
             if source.imgsz < 32:
@@ -63,18 +61,14 @@ def _check_merge(merge: DictConfig) -> None:
         raise ConfigError("merge.workers", "must be at least 1")
     overlap = set(merge.include) & set(merge.exclude)
     if overlap:
-        raise ConfigError(
-            "merge.include", f"{sorted(overlap)} also in merge.exclude", "list a class in one of them"
-        )
+        raise ConfigError("merge.include", f"{sorted(overlap)} also in merge.exclude", "list a class in one of them")
 
 
 def _check_search_space(space: DictConfig) -> None:
     for name, spec in space.items():
         key = f"search_space.{name}"
         if spec.dist not in DISTRIBUTIONS:
-            raise ConfigError(
-                f"{key}.dist", f"unknown distribution {spec.dist!r}", f"use one of {DISTRIBUTIONS}"
-            )
+            raise ConfigError(f"{key}.dist", f"unknown distribution {spec.dist!r}", f"use one of {DISTRIBUTIONS}")
         if spec.dist == "choice":
             if not spec.values:
                 raise ConfigError(f"{key}.values", "choice needs a non-empty list of values")

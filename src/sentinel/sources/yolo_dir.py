@@ -1,0 +1,135 @@
+"""Read a YOLO dataset folder through its data.yaml, the way Ultralytics reads it, without writing to it.
+
+Handles what real exports contain: `names` as a list or an {id: name} dict, `path` absolute or relative,
+train/val/test as a folder, an image-list .txt or a list of those, and Roboflow's `../train/images` paths
+that point one level too high (roboflow-python#240; Ultralytics' check_det_dataset strips the `../` too).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sentinel.errors import SentinelError
+from sentinel.images import is_image
+
+SPLITS = ("train", "val", "test")
+YAML_NAMES = ("data.yaml", "dataset.yaml", "data.yml", "dataset.yml")
+
+
+@dataclass(frozen=True)
+class SourceData:
+    """A source on local disk, ready to merge. Paths are absolute; nothing here is ever written."""
+
+    name: str
+    yaml_path: Path
+    names: list[str]
+    splits: dict[str, list[Path]]  # split → folders, list files or image files, as data.yaml names them
+    missing_splits: list[str] = field(default_factory=list)
+    origin: dict[str, Any] = field(default_factory=dict)  # where it came from, for the report
+
+
+def find_data_yaml(path: Path) -> Path:
+    """`path` itself if it is a YAML file, else the first of data.yaml / dataset.yaml inside it."""
+    if path.is_file():
+        return path
+    for candidate in YAML_NAMES:
+        if (path / candidate).is_file():
+            return path / candidate
+    raise SentinelError(f"{path}: no data.yaml or dataset.yaml found. Fix: point `path` at a YOLO dataset folder")
+
+
+def read_source(name: str, path: Path, origin: dict[str, Any] | None = None) -> SourceData:
+    """Parse the data.yaml of `path` into a SourceData, failing clearly on what Ultralytics would reject."""
+    yaml_path = find_data_yaml(path.resolve())
+    data = load_yaml_file(yaml_path)
+    names = parse_names(data.get("names"), yaml_path)
+    if "nc" in data and data["nc"] != len(names):
+        raise SentinelError(
+            f"{yaml_path}: nc is {data['nc']} but names lists {len(names)} classes. Fix: make them agree"
+        )
+    root = _dataset_root(data, yaml_path)
+    splits: dict[str, list[Path]] = {}
+    missing: list[str] = []
+    for split in SPLITS:
+        entries = data.get(split)
+        if entries in (None, "", []):
+            missing.append(split)
+            continue
+        resolved = [_resolve_split_entry(root, str(e)) for e in (entries if isinstance(entries, list) else [entries])]
+        found = [p for p in resolved if p is not None]
+        if found:
+            splits[split] = found
+        else:
+            missing.append(split)
+    if not splits:
+        raise SentinelError(f"{yaml_path}: none of train/val/test points at existing images. Fix: check its paths")
+    return SourceData(name, yaml_path, names, splits, missing, origin or {"type": "yolo", "path": str(yaml_path)})
+
+
+def load_yaml_file(path: Path) -> dict[str, Any]:
+    """safe_load with an error naming file and line."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise SentinelError(f"{where}: malformed YAML ({getattr(error, 'problem', error)}). Fix the syntax") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise SentinelError(f"{path}: cannot read ({error})") from None
+    if not isinstance(data, dict):
+        raise SentinelError(f"{path}: expected a mapping with names/train/val, got {type(data).__name__}")
+    return data
+
+
+def parse_names(names: Any, yaml_path: Path) -> list[str]:
+    """`names` as a list or a dict with ids 0..n-1 → list ordered by id."""
+    if isinstance(names, list) and names:
+        return [str(n) for n in names]
+    if isinstance(names, dict) and names:
+        try:
+            by_id = {int(k): str(v) for k, v in names.items()}
+        except (TypeError, ValueError):
+            raise SentinelError(f"{yaml_path}: names keys must be class ids 0..n-1, got {list(names)}") from None
+        if sorted(by_id) != list(range(len(by_id))):
+            raise SentinelError(f"{yaml_path}: names ids {sorted(by_id)} are not 0..{len(by_id) - 1}")
+        return [by_id[i] for i in range(len(by_id))]
+    raise SentinelError(f"{yaml_path}: `names` is missing or empty. Fix: list the classes, e.g. names: [person, gun]")
+
+
+def label_path_for(image: Path) -> Path:
+    """Ultralytics' rule (img2label_paths): the last /images/ in the path becomes /labels/, suffix .txt."""
+    text = str(image)
+    sa, sb = f"{os.sep}images{os.sep}", f"{os.sep}labels{os.sep}"
+    if sa in text:
+        text = sb.join(text.rsplit(sa, 1))
+    return Path(text).with_suffix(".txt")
+
+
+def list_images(entry: Path) -> list[Path]:
+    """The image files an entry names: a folder (recursive), an image-list .txt, or one image."""
+    if entry.is_dir():
+        return sorted(p for p in entry.rglob("*") if is_image(p) and p.is_file())
+    if entry.suffix == ".txt":
+        lines = [ln.strip() for ln in entry.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        return [(entry.parent / ln).resolve() if not os.path.isabs(ln) else Path(ln) for ln in lines]
+    return [entry]
+
+
+def _dataset_root(data: dict[str, Any], yaml_path: Path) -> Path:
+    raw = data.get("path")
+    if not raw:
+        return yaml_path.parent
+    root = Path(str(raw)).expanduser()
+    return root if root.is_absolute() else (yaml_path.parent / root).resolve()
+
+
+def _resolve_split_entry(root: Path, entry: str) -> Path | None:
+    candidate = Path(entry) if os.path.isabs(entry) else (root / entry).resolve()
+    if not candidate.exists() and entry.startswith("../"):
+        candidate = (root / entry[3:]).resolve()  # Roboflow's one-level-too-high paths (roboflow-python#240)
+    return candidate if candidate.exists() else None
