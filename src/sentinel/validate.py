@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from sentinel.errors import ConfigError
 from sentinel.schema import SOURCE_SCHEMAS
@@ -21,6 +21,9 @@ DEMO_LAYOUTS = ("roboflow", "fiftyone")
 
 def validate(cfg: DictConfig) -> None:
     """Check the whole composed config; raise ConfigError on the first problem found."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(missing[0], "is required but has no value (???)", f"set it, e.g. {missing[0]}=...")
     _check_datasets(cfg.datasets)
     _check_merge(cfg.merge)
     _check_search_space(cfg.search_space)

@@ -1,0 +1,71 @@
+"""Build small YOLO datasets on disk for tests, in the layouts real exports use."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import random
+from pathlib import Path
+
+import yaml
+
+
+def jpeg_bytes(seed: int, size: int = 32) -> bytes:
+    """A small, valid, unique JPEG (content depends on `seed`)."""
+    from PIL import Image
+
+    rng = random.Random(seed)
+    image = Image.new("RGB", (size, size), (rng.randrange(256), rng.randrange(256), rng.randrange(256)))
+    image.putpixel((rng.randrange(size), rng.randrange(size)), (255, 255, 255))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=95)
+    return buffer.getvalue()
+
+
+def png_bytes(seed: int, size: int = 32) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (size, size), (seed % 256, 10, 20)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def make_source(
+    root: Path,
+    names: list[str] | dict[int, str],
+    splits: dict[str, dict[str, tuple[bytes, str | None]]],
+    layout: str = "fiftyone",
+) -> Path:
+    """Write a YOLO dataset: splits = {split: {file name: (image bytes, label text or None)}}.
+
+    layout "fiftyone": images/<split>/, labels/<split>/, dataset.yaml with a names dict-or-list;
+    layout "roboflow": <split>/images, <split>/labels (val as "valid"), data.yaml with ../ paths.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    folder = {"train": "train", "val": "valid", "test": "test"}
+    data: dict[str, object] = {}
+    for split, files in splits.items():
+        if layout == "roboflow":
+            image_dir, label_dir = root / folder[split] / "images", root / folder[split] / "labels"
+            data[split] = f"../{folder[split]}/images"
+        else:
+            image_dir, label_dir = root / "images" / split, root / "labels" / split
+            data[split] = f"images/{split}"
+        image_dir.mkdir(parents=True, exist_ok=True)
+        label_dir.mkdir(parents=True, exist_ok=True)
+        for name, (image, label) in files.items():
+            (image_dir / name).write_bytes(image)
+            if label is not None:
+                (label_dir / Path(name).with_suffix(".txt")).write_text(label)
+    data["names"] = names
+    (root / ("data.yaml" if layout == "roboflow" else "dataset.yaml")).write_text(yaml.safe_dump(data))
+    return root
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    """Path → content hash of every file under root, plus modes: proves a tree was not touched."""
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() + f":{p.stat().st_mode:o}"
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }

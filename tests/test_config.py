@@ -1,0 +1,190 @@
+"""Config composition: every group and preset composes; typos, wrong types and bad values fail clearly."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra.errors import ConfigCompositionException, MissingConfigException
+
+from conftest import CONF_DIR, REPO, run_train
+from sentinel.errors import ConfigError
+from sentinel.validate import validate
+
+GROUPS = ["datasets", "augmentation", "search_space", "hardware", "model", "experiment"]
+OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF_DIR / g).glob("*.yaml"))]
+
+
+@pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
+def test_every_group_option_composes_and_validates(compose_cfg, group, option):
+    cfg = compose_cfg(f"{group}={option}")
+    validate(cfg)
+    assert cfg.mode.value == "prep"
+
+
+def test_several_datasets_compose_with_their_own_schema(compose_cfg):
+    cfg = compose_cfg("datasets=[coco,guns,knife,parcel]", "mode=tune", "hardware.gpu_per_trial=0.5")
+    assert list(cfg.datasets) == ["coco", "guns", "knife", "parcel"]
+    assert cfg.datasets.coco.max_samples == 3000 and cfg.datasets.coco.classes == ["person"]
+    assert (cfg.datasets.guns.workspace, cfg.datasets.guns.project, cfg.datasets.guns.version) == (
+        "liteye-systems",
+        "weapon-classification",
+        2,
+    )
+    assert cfg.hardware.gpu_per_trial == 0.5
+
+
+def test_notebook_preset_has_the_notebooks_settings(compose_cfg):
+    cfg = compose_cfg("experiment=notebook")
+    assert set(cfg.datasets) == {"coco", "guns", "knife", "parcel"}
+    assert len(cfg.search_space) == 22
+    assert (cfg.model.epochs, cfg.model.patience, cfg.tune.epochs, cfg.tune.grace_period) == (500, 25, 25, 10)
+    assert cfg.hardware.gpu_per_trial == 2 and cfg.model.output_name == "sentinel_default_v2.pt"
+
+
+def test_default_augmentation_equals_ultralytics_defaults(compose_cfg):
+    from ultralytics.cfg import DEFAULT_CFG_DICT
+
+    augmentation = compose_cfg().augmentation
+    assert {k: DEFAULT_CFG_DICT[k] for k in augmentation} == dict(augmentation)
+
+
+COMPOSE_ERRORS = [
+    ("typo_in_dataset_key", ["datasets=[guns]", "datasets.guns.workspcae=x"], ConfigCompositionException, "workspcae"),
+    ("typo_top_level", ["mdoe=tune"], ConfigCompositionException, "mdoe"),
+    ("wrong_type", ["model.epochs=many"], ConfigCompositionException, "model.epochs"),
+    ("wrong_type_fraction", ["hardware.gpu_per_trial=half"], ConfigCompositionException, "gpu_per_trial"),
+    ("unknown_dataset", ["datasets=[coco,cocoo]"], MissingConfigException, "datasets/cocoo"),
+    ("unknown_mode", ["mode=tunee"], ConfigCompositionException, "tunee"),
+]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "error", "text"), [r[1:] for r in COMPOSE_ERRORS], ids=[r[0] for r in COMPOSE_ERRORS]
+)
+def test_bad_overrides_fail_while_composing(compose_cfg, overrides, error, text):
+    with pytest.raises(error) as raised:
+        compose_cfg(*overrides)
+    chain = f"{raised.value} {raised.value.__cause__}"
+    assert text in chain
+
+
+def test_unknown_key_in_a_group_file_names_the_file_and_key(compose_cfg, tmp_path):
+    (tmp_path / "extra" / "hardware").mkdir(parents=True)
+    (tmp_path / "extra" / "hardware" / "mine.yaml").write_text("device: cpu\nwrokers: 2\n")
+    with pytest.raises(ConfigCompositionException) as raised:
+        compose_cfg(f"hydra.searchpath=[file://{tmp_path / 'extra'}]", "hardware=mine")
+    assert "In 'hardware/mine'" in str(raised.value) and "full_key: hardware.wrokers" in str(raised.value)
+
+
+VALUE_ERRORS = [
+    ("low_not_below_high", ["search_space.lr0.low=0.5", "search_space.lr0.high=0.1"], "search_space.lr0.low"),
+    ("unknown_distribution", ["search_space.lr0.dist=gaussian"], "search_space.lr0.dist"),
+    ("loguniform_from_zero", ["search_space.lr0.dist=loguniform", "search_space.lr0.low=0"], "search_space.lr0.low"),
+    ("grace_not_below_epochs", ["tune.epochs=3", "tune.grace_period=3"], "tune.grace_period"),
+    ("uneven_gpu_fraction", ["hardware.gpu_per_trial=0.3"], "hardware.gpu_per_trial"),
+    ("unknown_search_alg", ["tune.search_alg=grid"], "tune.search_alg"),
+    ("no_dataset", ["datasets=[]"], "datasets"),
+    ("bad_weights", ["model.weights=yolov8n.onnx"], "model.weights"),
+    ("bad_link_mode", ["merge.link=reflink"], "merge.link"),
+    ("include_and_exclude", ["merge.include=[gun]", "merge.exclude=[gun]"], "merge.include"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "key"), [r[1:] for r in VALUE_ERRORS], ids=[r[0] for r in VALUE_ERRORS])
+def test_out_of_range_values_fail_validation_naming_the_key(compose_cfg, overrides, key):
+    cfg = compose_cfg(*overrides)
+    with pytest.raises(ConfigError) as raised:
+        validate(cfg)
+    assert raised.value.key == key and f"'{key}'" in str(raised.value)
+
+
+def test_missing_required_value_fails_naming_the_key(compose_cfg, tmp_path):
+    (tmp_path / "extra" / "datasets").mkdir(parents=True)
+    (tmp_path / "extra" / "datasets" / "mine.yaml").write_text(
+        "# @package datasets\ndefaults:\n  - /sentinel/source/yolo@mine\n  - _self_\nmine: {}\n"
+    )
+    cfg = compose_cfg(f"hydra.searchpath=[file://{tmp_path / 'extra'}]", "datasets=[demo,mine]")
+    with pytest.raises(ConfigError) as raised:
+        validate(cfg)
+    assert raised.value.key == "datasets.mine.path" and "required" in str(raised.value)
+
+
+CLI_ERRORS = [
+    ("typo", ["datasets.guns.workspcae=x", "datasets=[guns]"], "workspcae"),
+    ("unknown_mode", ["mode=tunee"], "expected one of [prep, tune, finetune, export, evaluate, all]"),
+    ("unknown_dataset_lists_options", ["datasets=[coco,cocoo]"], "Available options in 'datasets': coco, demo"),
+    ("wrong_type", ["model.epochs=abc"], "model.epochs"),
+]
+
+
+@pytest.mark.parametrize(("args", "text"), [r[1:] for r in CLI_ERRORS], ids=[r[0] for r in CLI_ERRORS])
+def test_cli_errors_are_one_message_without_traceback(tmp_path, args, text):
+    result = run_train(["--cfg", "job", *args], cwd=tmp_path)
+    assert result.returncode == 1
+    assert text in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_malformed_yaml_names_file_and_line(tmp_path):
+    extra = tmp_path / "extra" / "hardware"
+    extra.mkdir(parents=True)
+    (extra / "broken.yaml").write_text("device: cpu\nworkers: [1, 2\n")
+    result = run_train(
+        ["--cfg", "job", f"hydra.searchpath=[file://{tmp_path / 'extra'}]", "hardware=broken"], cwd=tmp_path
+    )
+    assert result.returncode == 1
+    assert f"{extra / 'broken.yaml'}:3:" in result.stderr and "malformed YAML" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unimplemented_mode_fails_plainly(tmp_path):
+    result = run_train(["mode=finetune", f"data_dir={tmp_path}/data", f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path)
+    assert result.returncode == 1
+    assert "mode=finetune is not implemented yet" in result.stderr + result.stdout
+
+
+def test_cfg_job_prints_config_without_importing_heavy_libraries(tmp_path):
+    probe = (
+        "import atexit, runpy, sys\n"
+        "atexit.register(lambda: print('HEAVY=' + ','.join(m for m in ('torch', 'ultralytics', 'ray', 'fiftyone')"
+        " if m in sys.modules)))\n"
+        f"sys.argv = ['train.py', '--cfg', 'job', 'datasets=[coco,guns,knife,parcel]', 'mode=tune',"
+        " 'hardware.gpu_per_trial=0.5']\n"
+        f"runpy.run_path({str(REPO / 'train.py')!r}, run_name='__main__')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, check=True)
+    assert "gpu_per_trial: 0.5" in result.stdout and "workspace: liteye-systems" in result.stdout
+    assert "HEAVY=\n" in result.stdout, result.stdout[-300:]
+
+
+def test_help_does_not_import_heavy_libraries(tmp_path):
+    probe = (
+        "import atexit, runpy, sys\n"
+        "atexit.register(lambda: print('HEAVY=' + ','.join(m for m in ('torch', 'ultralytics', 'ray', 'fiftyone')"
+        " if m in sys.modules)))\n"
+        "sys.argv = ['train.py', '--help']\n"
+        f"runpy.run_path({str(REPO / 'train.py')!r}, run_name='__main__')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True)
+    assert "datasets: coco, demo, guns, knife, parcel" in result.stdout
+    assert "HEAVY=\n" in result.stdout
+
+
+def test_run_folder_has_resolved_config_and_log_and_no_secret(tmp_path):
+    secret = "fake-secret-key-9f8e7d6c"
+    run_dir = tmp_path / "run"
+    result = run_train(
+        ["mode=prep", f"data_dir={tmp_path}/data", f"hydra.run.dir={run_dir}"],
+        cwd=tmp_path,
+        env={"ROBOFLOW_API_KEY": secret},
+    )
+    assert result.returncode == 0, result.stderr
+    assert (run_dir / ".hydra" / "config.yaml").is_file() and (run_dir / "config_resolved.yaml").is_file()
+    assert "mode: prep" in (run_dir / "config_resolved.yaml").read_text()
+    assert "prep:" in (run_dir / "train.log").read_text()
+    leaks = [p for p in Path(tmp_path).rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+    assert leaks == []
+    assert secret not in result.stdout + result.stderr
