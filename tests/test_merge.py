@@ -98,7 +98,18 @@ def test_class_settings_that_match_nothing_fail(three_sources, tmp_path, cfg, ke
     assert raised.value.key == key
 
 
-BAD = "0 0.5 0.5 0.2 0.2\n0 0.5\n0 x 0.5 0.2 0.2\n0 nan 0.5 0.2 0.2\n0 1.5 0.5 0.2 0.2\n0 0.5 0.5 0 0.2\n7 0.5 0.5 0.2 0.2\n"
+BAD = "".join(
+    f"{line}\n"
+    for line in [
+        "0 0.5 0.5 0.2 0.2",
+        "0 0.5",
+        "0 x 0.5 0.2 0.2",
+        "0 nan 0.5 0.2 0.2",
+        "0 1.5 0.5 0.2 0.2",
+        "0 0.5 0.5 0 0.2",
+        "7 0.5 0.5 0.2 0.2",
+    ]
+)
 
 
 @pytest.fixture

@@ -49,7 +49,7 @@ YAML_ERRORS = [
 def test_bad_data_yaml_fails_clearly(tmp_path, text, message):
     root = make_source(tmp_path / "s", ["a"], {"train": ONE})
     (root / "dataset.yaml").write_text(text)
-    with pytest.raises(SentinelError, match="dataset.yaml") as raised:
+    with pytest.raises(SentinelError, match=r"dataset\.yaml") as raised:
         read_source("s", root)
     assert message in str(raised.value)
 
