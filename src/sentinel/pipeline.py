@@ -74,6 +74,18 @@ def run_mode(cfg: DictConfig, run_dir: Path) -> Any:
     (run_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     mode = Mode(cfg.mode)
     log.info("mode=%s, run folder %s", mode.value, run_dir)
-    if mode is Mode.all:
-        return run_all(cfg, run_dir)
-    return STAGES[mode](cfg, run_dir)
+    results = run_all(cfg, run_dir) if mode is Mode.all else {mode.value: STAGES[mode](cfg, run_dir)}
+    print(summary(run_dir, results))
+    return results
+
+
+def summary(run_dir: Path, results: dict[str, Any]) -> str:
+    """What a person wants at the end of a run: where everything is."""
+    lines = [f"Sentinel run folder: {run_dir}"]
+    prep_result = results.get("prep")
+    if prep_result is not None:
+        lines.append(f"  dataset:     {prep_result.dataset_yaml}{' (cache hit)' if prep_result.cache_hit else ''}")
+        lines.append(f"  prep report: {run_dir / 'prep_report.md'} (+ class_distribution.png, samples.png)")
+    if results.get("not_implemented"):
+        lines.append(f"  not implemented yet: {', '.join(results['not_implemented'])}")
+    return "\n".join(lines)

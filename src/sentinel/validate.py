@@ -9,9 +9,10 @@ import math
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from sentinel.errors import ConfigError
-from sentinel.schema import SOURCE_SCHEMAS
+from sentinel.schema import SOURCE_SCHEMAS, ParamSpace
 
 DISTRIBUTIONS = ("uniform", "loguniform", "randint", "choice")
 SEARCH_ALGS = ("random", "optuna", "hyperopt")
@@ -68,8 +69,9 @@ def _check_merge(merge: DictConfig) -> None:
 
 
 def _check_search_space(space: DictConfig) -> None:
-    for name, spec in space.items():
+    for name, raw in space.items():
         key = f"search_space.{name}"
+        spec = _as_param_space(raw, key)
         if spec.dist not in DISTRIBUTIONS:
             raise ConfigError(f"{key}.dist", f"unknown distribution {spec.dist!r}", f"use one of {DISTRIBUTIONS}")
         if spec.dist == "choice":
@@ -125,6 +127,18 @@ def _check_tune(tune: DictConfig) -> None:
         )
     if tune.reduction_factor < 2:
         raise ConfigError("tune.reduction_factor", "must be at least 2")
+
+
+def _as_param_space(raw: Any, key: str) -> DictConfig:
+    """Type-check one search-space entry against ParamSpace, naming the entry's full key on failure."""
+    if not isinstance(raw, DictConfig):
+        raise ConfigError(key, f"expected {{dist: ..., low: ..., high: ...}}, got {raw!r}")
+    try:
+        return OmegaConf.merge(OmegaConf.structured(ParamSpace), raw)
+    except OmegaConfBaseException as error:
+        problem = str(error).splitlines()[0]
+        bad = getattr(error, "key", None)
+        raise ConfigError(f"{key}.{bad}" if bad else key, problem, "use dist, low, high or values") from None
 
 
 def _finite(value: Any) -> bool:
