@@ -3,6 +3,13 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
+# No telemetry and no network probes from the libraries during the demo and the tests (offline machines,
+# CI). Users with a network can drop these; nothing in Sentinel depends on them.
+export YOLO_OFFLINE ?= 1
+export RAY_USAGE_STATS_ENABLED ?= 0
+export RAY_AUTH_MODE ?= disabled
+export FIFTYONE_DO_NOT_TRACK ?= true
+
 .PHONY: setup demo test test-fast lint format bench
 
 setup:

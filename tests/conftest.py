@@ -18,8 +18,11 @@ from sentinel.schema import register_configs
 REPO = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO / "conf"
 
+# Offline and quiet: no network probes or telemetry from the libraries under test.
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("YOLO_OFFLINE", "1")
+os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
 
 
 @pytest.fixture

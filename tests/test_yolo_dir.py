@@ -56,4 +56,4 @@ def test_bad_data_yaml_fails_clearly(tmp_path, text, message):
 
 def test_label_path_replaces_last_images_folder(tmp_path):
     image = tmp_path / "images" / "x" / "images" / "a.b.jpg"
-    assert label_path_for(image) == tmp_path / "images" / "x" / "labels" / "a.b.txt"
+    assert label_path_for(str(image)) == str(tmp_path / "images" / "x" / "labels" / "a.b.txt")

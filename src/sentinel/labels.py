@@ -29,11 +29,12 @@ class LabelParse:
     polygons: int = 0  # segmentation lines turned into their bounding box
 
 
-def parse_label_file(path: Path, num_classes: int) -> LabelParse:
+def parse_label_file(path: str | Path, num_classes: int) -> LabelParse:
     """Read `path` and validate each line against a source with `num_classes` classes."""
     result = LabelParse()
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
     except (OSError, UnicodeDecodeError) as error:
         result.problems.append(Problem(0, "unreadable_label", f"{type(error).__name__}: {error}"))
         return result

@@ -11,11 +11,11 @@ rename, that cache can never be stale.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
 from collections import Counter, defaultdict
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +31,7 @@ from sentinel.fingerprint import stable_hash
 from sentinel.images import ImageCheck, check_image
 from sentinel.labels import LabelParse, format_box, parse_label_file
 from sentinel.report import write_report
-from sentinel.sources.yolo_dir import SPLITS, SourceData, label_path_for, list_images
+from sentinel.sources.yolo_dir import SPLITS, SourceData, label_path_for, scan_images, scan_label_files
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +55,16 @@ class Item:
 
     source: str
     split: str
-    image: Path
-    label: Path
+    image: str  # absolute paths as strings: prep handles tens of thousands, pathlib is too slow here
+    label: str
     label_stat: tuple[int, int] | None  # (size, mtime_ns), None when there is no label file
     image_stat: tuple[int, int]
     out_stem: str
     num_classes: int
+
+    @property
+    def out_image_name(self) -> str:
+        return f"{self.out_stem}{os.path.splitext(self.image)[1].lower()}"
 
 
 @dataclass
@@ -108,71 +112,55 @@ def plan_items(sources: list[SourceData]) -> Plan:
     orphan_examples: list[str] = []
     used_stems: set[tuple[str, str]] = set()
     for source in sources:
+        prefix = f"{source.name}__"
         for split, entries in source.splits.items():
             for entry in entries:
-                labels = _label_files_near(entry)
-                for image in list_images(entry):
+                images = scan_images(entry)
+                labels = (
+                    scan_label_files(os.path.dirname(label_path_for(str(entry / "x.jpg")))) if entry.is_dir() else None
+                )
+                for image, rel, image_stat in images:
                     label = label_path_for(image)
                     label_stat = labels.pop(label, None) if labels is not None else _stat(label)
-                    stem = _unique_stem(source.name, split, entry, image, used_stems)
-                    image_stat = _stat(image) or (0, 0)
+                    stem = _unique_stem(prefix + os.path.splitext(rel)[0].replace("/", "__"), split, used_stems)
                     items.append(
                         Item(source.name, split, image, label, label_stat, image_stat, stem, len(source.names))
                     )
                 for orphan in sorted(labels or {}):
                     orphans[source.name][split] += 1
                     if len(orphan_examples) < 20:
-                        orphan_examples.append(str(orphan))
+                        orphan_examples.append(orphan)
     return Plan(items, dict(orphans), orphan_examples, {s.name: s.missing_splits for s in sources})
 
 
 def merge_fingerprint(sources: list[SourceData], plan: Plan, merge: DictConfig) -> str:
     """Hash of everything the output depends on: merge settings, class lists, every input file's stat."""
     settings = {k: OmegaConf.to_container(merge, resolve=True)[k] for k in FINGERPRINT_KEYS}
-    files = [(i.source, i.split, str(i.image), i.image_stat, i.label_stat) for i in plan.items]
+    files = hashlib.blake2b(digest_size=16)
+    for i in plan.items:
+        files.update(f"{i.source}\0{i.split}\0{i.image}\0{i.image_stat}\0{i.label_stat}\n".encode())
     return stable_hash(
         {
             "version": MERGE_VERSION,
             "settings": settings,
             "sources": [(s.name, s.names) for s in sources],
-            "files": stable_hash(files, 32),
+            "files": files.hexdigest(),
         }
     )
 
 
-def _label_files_near(entry: Path) -> dict[Path, tuple[int, int]] | None:
-    """All .txt files of the labels folder matching an images folder, with their stats; None for list files."""
-    if not entry.is_dir():
-        return None
-    labels_dir = label_path_for(entry / "x.jpg").parent
-    if labels_dir == entry or not labels_dir.is_dir():
-        return {}
-    found: dict[Path, tuple[int, int]] = {}
-    stack = [labels_dir]
-    while stack:
-        with os.scandir(stack.pop()) as it:
-            for e in it:
-                if e.is_dir():
-                    stack.append(Path(e.path))
-                elif e.name.endswith(".txt"):
-                    st = e.stat()
-                    found[Path(e.path)] = (st.st_size, st.st_mtime_ns)
-    return found
-
-
-def _stat(path: Path) -> tuple[int, int] | None:
+def _stat(path: str) -> tuple[int, int] | None:
     try:
-        st = path.stat()
+        st = os.stat(path)
     except OSError:
         return None
     return (st.st_size, st.st_mtime_ns)
 
 
-def _unique_stem(source: str, split: str, entry: Path, image: Path, used: set[tuple[str, str]]) -> str:
-    rel = image.relative_to(entry) if entry.is_dir() else Path(image.name)
-    stem = f"{source}__{'__'.join(rel.with_suffix('').parts)}"
+def _unique_stem(stem: str, split: str, used: set[tuple[str, str]]) -> str:
+    """`<source>__<path>`; a suffix when two inputs would share a stem (a.jpg and a.png, or a list repeating)."""
     candidate, n = stem, 1
-    while (split, candidate) in used:  # same stem twice (a.jpg and a.png, or a list naming a file twice)
+    while (split, candidate) in used:
         n += 1
         candidate = f"{stem}__{n}"
     used.add((split, candidate))
@@ -195,6 +183,7 @@ class Kept:
     image: ImageCheck
     lines: list[str]
     classes: list[int]
+    placement: str = ""  # hardlink | symlink | copy
 
 
 class Tally:
@@ -214,16 +203,34 @@ class Tally:
         if len(self.examples) < 50:
             self.examples.append(text)
 
+    def add(self, other: Tally) -> None:
+        """Fold a worker's tally into this one."""
+        for name in ("images", "boxes", "class_images", "skipped_images", "skipped_lines", "excluded_boxes", "notes"):
+            getattr(self, name).update(getattr(other, name))
+        for text in other.examples:
+            self.example(text)
+
 
 def build_merged(plan: Plan, class_map: ClassMap, merge: DictConfig, out: Path, final: Path) -> dict[str, Any]:
-    """Check every input, write the merged dataset into `out` (renamed to `final` later), return the report."""
+    """Check and write every input into `out` (renamed to `final` later) in one parallel pass; drop leaks after.
+
+    Each worker checks its images and labels, applies the label policy and class map, links the image and
+    writes the label: file creation dominates on real disks and parallelises, so nothing waits for a
+    global first pass. Leaks need every train hash, so leaked val/test files are removed afterwards, from
+    the temporary folder nobody else sees.
+    """
     tally = Tally()
-    kept = [k for k in (_keep(c, class_map, merge, tally) for c in _check_all(plan.items, merge.workers)) if k]
+    for split in {item.split for item in plan.items}:
+        (out / "images" / split).mkdir(parents=True)
+        (out / "labels" / split).mkdir(parents=True)
+    kept = _process_all(plan.items, class_map, merge, out, tally)
     duplicates, leaks = _find_duplicates(kept)
     if merge.drop_leaks:
-        leaked = {id(k) for k in leaks}
         for k in leaks:
             tally.skipped_images[(k.item.source, k.item.split, "leak_of_train_image")] += 1
+            (out / "images" / k.item.split / k.item.out_image_name).unlink()
+            (out / "labels" / k.item.split / f"{k.item.out_stem}.txt").unlink()
+        leaked = {id(k) for k in leaks}
         kept = [k for k in kept if id(k) not in leaked]
     for k in kept:
         _count(k, class_map, tally)
@@ -231,35 +238,61 @@ def build_merged(plan: Plan, class_map: ClassMap, merge: DictConfig, out: Path, 
         raise SentinelError("prep: no training images left after validation. Check the report's skipped counts")
     if not any(k.item.split == "val" for k in kept):
         raise SentinelError("prep: no validation images (no source has a usable val split). Fix: add one")
-    link_counts, copied_bytes = _write_files(kept, merge.link, out)
     splits = sorted({k.item.split for k in kept}, key=SPLITS.index)
+    for split in {item.split for item in plan.items} - set(splits):
+        (out / "images" / split).rmdir()
+        (out / "labels" / split).rmdir()
     _write_dataset_yaml(out, final, class_map.names, splits)
+    link_counts = Counter(k.placement for k in kept)
+    copied_bytes = sum(k.image.size_bytes for k in kept if k.placement == "copy")
     report = _report(plan, class_map, tally, duplicates, leaks, link_counts, copied_bytes, merge, final)
     samples = [
-        (out / "images" / k.item.split / f"{k.item.out_stem}{k.item.image.suffix.lower()}", k.lines)
-        for k in kept
-        if k.item.split == "train"
+        (out / "images" / k.item.split / k.item.out_image_name, k.lines) for k in kept if k.item.split == "train"
     ]
     write_report(report, out / "report", samples, class_map.names, merge.samples_grid)
     return report
 
 
-def _check_all(items: list[Item], workers: int) -> Iterator[Checked]:
-    """Hash, decode and parse every input in a thread pool (hashing and decoding release the GIL)."""
+def _process_all(items: list[Item], class_map: ClassMap, merge: DictConfig, out: Path, tally: Tally) -> list[Kept]:
+    """Run _process_batch over all items in a thread pool (file I/O, hashing and decoding release the GIL)."""
     from tqdm import tqdm
 
     batches = [items[i : i + BATCH] for i in range(0, len(items), BATCH)]
-    with (
-        ThreadPoolExecutor(max_workers=workers) as pool,
-        tqdm(total=len(items), desc="prep: checking", unit="img", mininterval=1.0, disable=None) as bar,
-    ):
-        for done in pool.map(_check_batch, batches):
-            bar.update(len(done))
-            yield from done
+    kept: list[Kept] = []
+    pool = ThreadPoolExecutor(max_workers=merge.workers)
+    try:
+        with tqdm(total=len(items), desc="prep: merging", unit="img", mininterval=1.0, disable=None) as bar:
+            results = pool.map(lambda b: _process_batch(b, class_map, merge, out), batches)
+            for batch, (batch_kept, batch_tally) in zip(batches, results, strict=True):
+                kept.extend(batch_kept)
+                tally.add(batch_tally)
+                bar.update(len(batch))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # on error, stop before the temporary folder is removed
+    return kept
 
 
-def _check_batch(items: list[Item]) -> list[Checked]:
-    return [_check_one(item) for item in items]
+def _process_batch(items: list[Item], class_map: ClassMap, merge: DictConfig, out: Path) -> tuple[list[Kept], Tally]:
+    tally = Tally()
+    kept = []
+    for item in items:
+        k = _keep(_check_one(item), class_map, merge, tally)
+        if k is None:
+            continue
+        target = os.path.join(out, "images", item.split, item.out_image_name)
+        k.placement = place_file(item.image, target, "copy" if k.image.must_copy else merge.link)
+        write_label(os.path.join(out, "labels", item.split, f"{item.out_stem}.txt"), k.lines)
+        kept.append(k)
+    return kept, tally
+
+
+def write_label(path: str, lines: list[str]) -> None:
+    """Create a new label file (O_EXCL: never overwrite) with one line per box."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        os.write(fd, "".join(f"{line}\n" for line in lines).encode())
+    finally:
+        os.close(fd)
 
 
 def _check_one(item: Item) -> Checked:
@@ -330,26 +363,7 @@ def _count(k: Kept, class_map: ClassMap, tally: Tally) -> None:
         tally.class_images[(*key, class_map.names[class_id])] += 1
 
 
-def _write_files(kept: list[Kept], link: str, out: Path) -> tuple[Counter[str], int]:
-    """Link every image and write every label into `out`; returns how each image got there and bytes copied."""
-    from tqdm import tqdm
-
-    for split in {k.item.split for k in kept}:
-        (out / "images" / split).mkdir(parents=True)
-        (out / "labels" / split).mkdir(parents=True)
-    modes: Counter[str] = Counter()
-    copied = 0
-    for k in tqdm(kept, desc="prep: writing", unit="img", mininterval=1.0, disable=None):
-        target = out / "images" / k.item.split / f"{k.item.out_stem}{k.item.image.suffix.lower()}"
-        mode = place_file(k.item.image, target, "copy" if k.image.must_copy else link)
-        modes[mode] += 1
-        copied += k.image.size_bytes if mode == "copy" else 0
-        label = out / "labels" / k.item.split / f"{k.item.out_stem}.txt"
-        label.write_text("".join(f"{line}\n" for line in k.lines))
-    return modes, copied
-
-
-def place_file(source: Path, target: Path, link: str) -> str:
+def place_file(source: str | Path, target: str | Path, link: str) -> str:
     """Hard link, else symlink, else copy (as far as `link` allows); returns the mode used."""
     if link == "hardlink":
         try:
@@ -359,7 +373,7 @@ def place_file(source: Path, target: Path, link: str) -> str:
             pass
     if link in ("hardlink", "symlink"):
         try:
-            os.symlink(source.resolve(), target)
+            os.symlink(os.path.realpath(source), target)
             return "symlink"
         except OSError:
             pass
@@ -418,7 +432,9 @@ def _report(
             "images": sum(len(g) for g in duplicates),
             "leaks_into_val_test": len(leaks),
             "leaks_dropped": bool(merge.drop_leaks),
-            "examples": [[f"{m.item.source}/{m.item.split}/{m.item.image.name}" for m in g] for g in duplicates[:20]],
+            "examples": [
+                [f"{m.item.source}/{m.item.split}/{os.path.basename(m.item.image)}" for m in g] for g in duplicates[:20]
+            ],
         },
         "placement": dict(link_counts),
         "bytes_copied": copied_bytes,

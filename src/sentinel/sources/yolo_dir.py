@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from sentinel.errors import SentinelError
-from sentinel.images import is_image
+from sentinel.images import IMAGE_SUFFIXES
 
 SPLITS = ("train", "val", "test")
 YAML_NAMES = ("data.yaml", "dataset.yaml", "data.yml", "dataset.yml")
@@ -101,23 +101,63 @@ def parse_names(names: Any, yaml_path: Path) -> list[str]:
     raise SentinelError(f"{yaml_path}: `names` is missing or empty. Fix: list the classes, e.g. names: [person, gun]")
 
 
-def label_path_for(image: Path) -> Path:
-    """Ultralytics' rule (img2label_paths): the last /images/ in the path becomes /labels/, suffix .txt."""
-    text = str(image)
+def label_path_for(image: str) -> str:
+    """Ultralytics' rule (img2label_paths): the last /images/ in the path becomes /labels/, suffix .txt.
+
+    Strings, not Paths: prep calls this once per image, and pathlib parsing dominated planning time.
+    """
     sa, sb = f"{os.sep}images{os.sep}", f"{os.sep}labels{os.sep}"
-    if sa in text:
-        text = sb.join(text.rsplit(sa, 1))
-    return Path(text).with_suffix(".txt")
+    if sa in image:
+        image = sb.join(image.rsplit(sa, 1))
+    stem, dot, suffix = image.rpartition(".")
+    return f"{stem}.txt" if dot and os.sep not in suffix else f"{image}.txt"
 
 
-def list_images(entry: Path) -> list[Path]:
-    """The image files an entry names: a folder (recursive), an image-list .txt, or one image."""
+# (absolute path, path relative to the entry with "/" separators, (size, mtime_ns))
+ScannedFile = tuple[str, str, tuple[int, int]]
+
+
+def scan_images(entry: Path) -> list[ScannedFile]:
+    """The image files an entry names, sorted, with their stats: a folder (recursive), a list .txt, an image."""
     if entry.is_dir():
-        return sorted(p for p in entry.rglob("*") if is_image(p) and p.is_file())
+        return sorted(
+            _scan_folder(str(entry), is_wanted=lambda name: os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES)
+        )
     if entry.suffix == ".txt":
         lines = [ln.strip() for ln in entry.read_text(encoding="utf-8").splitlines() if ln.strip()]
-        return [(entry.parent / ln).resolve() if not os.path.isabs(ln) else Path(ln) for ln in lines]
-    return [entry]
+        paths = [ln if os.path.isabs(ln) else os.path.normpath(os.path.join(entry.parent, ln)) for ln in lines]
+        return [(p, os.path.basename(p), _stat_of(p)) for p in paths]
+    return [(str(entry), entry.name, _stat_of(str(entry)))]
+
+
+def scan_label_files(folder: str) -> dict[str, tuple[int, int]]:
+    """Every .txt under `folder` (recursive) with its (size, mtime_ns); empty when the folder is missing."""
+    if not os.path.isdir(folder):
+        return {}
+    return {path: stat for path, _, stat in _scan_folder(folder, is_wanted=lambda name: name.endswith(".txt"))}
+
+
+def _scan_folder(root: str, is_wanted) -> list[ScannedFile]:
+    found: list[ScannedFile] = []
+    stack = [(root, "")]
+    while stack:
+        folder, rel = stack.pop()
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.is_dir():
+                    stack.append((entry.path, f"{rel}{entry.name}/"))
+                elif is_wanted(entry.name) and entry.is_file():
+                    st = entry.stat()
+                    found.append((entry.path, f"{rel}{entry.name}", (st.st_size, st.st_mtime_ns)))
+    return found
+
+
+def _stat_of(path: str) -> tuple[int, int]:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return (0, 0)
+    return (st.st_size, st.st_mtime_ns)
 
 
 def _dataset_root(data: dict[str, Any], yaml_path: Path) -> Path:
