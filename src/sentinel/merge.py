@@ -122,7 +122,7 @@ def plan_items(sources: list[SourceData]) -> Plan:
                 for image, rel, image_stat in images:
                     label = label_path_for(image)
                     label_stat = labels.pop(label, None) if labels is not None else _stat(label)
-                    stem = _unique_stem(prefix + os.path.splitext(rel)[0].replace("/", "__"), split, used_stems)
+                    stem = _unique_stem(prefix + rel[: rel.rfind(".")].replace("/", "__"), split, used_stems)
                     items.append(
                         Item(source.name, split, image, label, label_stat, image_stat, stem, len(source.names))
                     )
