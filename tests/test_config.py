@@ -82,6 +82,7 @@ def test_unknown_key_in_a_group_file_names_the_file_and_key(compose_cfg, tmp_pat
 VALUE_ERRORS = [
     ("low_not_below_high", ["search_space.lr0.low=0.5", "search_space.lr0.high=0.1"], "search_space.lr0.low"),
     ("unknown_distribution", ["search_space.lr0.dist=gaussian"], "search_space.lr0.dist"),
+    ("choice_without_values", ["+search_space.optimizer={dist: choice}"], "search_space.optimizer.values"),
     ("typo_in_space_entry", ["+search_space.lr0.hihg=0.2"], "search_space.lr0.hihg"),
     ("wrong_type_in_space", ["search_space.lr0.low=small"], "search_space.lr0.low"),
     ("space_entry_not_a_mapping", ["+search_space.momentum2=0.9"], "search_space.momentum2"),

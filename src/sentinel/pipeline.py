@@ -29,7 +29,9 @@ def run_prep(cfg: DictConfig, run_dir: Path) -> Any:
 
 
 def run_tune(cfg: DictConfig, run_dir: Path) -> Any:
-    raise NotImplementedStage("tune", 5)
+    from sentinel.tune import tune
+
+    return tune(cfg, run_dir)
 
 
 def run_finetune(cfg: DictConfig, run_dir: Path) -> Any:
@@ -86,6 +88,10 @@ def summary(run_dir: Path, results: dict[str, Any]) -> str:
     if prep_result is not None:
         lines.append(f"  dataset:     {prep_result.dataset_yaml}{' (cache hit)' if prep_result.cache_hit else ''}")
         lines.append(f"  prep report: {run_dir / 'prep_report.md'} (+ class_distribution.png, samples.png)")
+    tune_result = results.get("tune")
+    if tune_result is not None:
+        lines.append(f"  best hparams: {run_dir / 'best_hparams.yaml'} ({tune_result.best_metric:.4f})")
+        lines.append(f"  tune report:  {run_dir / 'tune_report.md'} (+ tune/results.csv, tune/*.png)")
     if results.get("not_implemented"):
         lines.append(f"  not implemented yet: {', '.join(results['not_implemented'])}")
     return "\n".join(lines)

@@ -206,7 +206,7 @@ class TuneConfig:
     search_alg: str = "random"
     metric: str = "metrics/mAP50-95(B)"
     mode: str = "max"
-    resume: bool = False
+    resume: str = ""
 
 
 @dataclass

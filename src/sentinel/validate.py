@@ -69,9 +69,8 @@ def _check_merge(merge: DictConfig) -> None:
 
 
 def _check_search_space(space: DictConfig) -> None:
-    for name, raw in space.items():
+    for name, spec in param_specs(space).items():
         key = f"search_space.{name}"
-        spec = _as_param_space(raw, key)
         if spec.dist not in DISTRIBUTIONS:
             raise ConfigError(f"{key}.dist", f"unknown distribution {spec.dist!r}", f"use one of {DISTRIBUTIONS}")
         if spec.dist == "choice":
@@ -129,12 +128,17 @@ def _check_tune(tune: DictConfig) -> None:
         raise ConfigError("tune.reduction_factor", "must be at least 2")
 
 
-def _as_param_space(raw: Any, key: str) -> DictConfig:
+def param_specs(space: DictConfig) -> dict[str, ParamSpace]:
+    """search_space entries as ParamSpace objects (not DictConfigs: `values` is a DictConfig method)."""
+    return {name: as_param_space(raw, f"search_space.{name}") for name, raw in space.items()}
+
+
+def as_param_space(raw: Any, key: str) -> ParamSpace:
     """Type-check one search-space entry against ParamSpace, naming the entry's full key on failure."""
     if not isinstance(raw, DictConfig):
         raise ConfigError(key, f"expected {{dist: ..., low: ..., high: ...}}, got {raw!r}")
     try:
-        return OmegaConf.merge(OmegaConf.structured(ParamSpace), raw)
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ParamSpace), raw))
     except OmegaConfBaseException as error:
         problem = str(error).splitlines()[0]
         bad = getattr(error, "key", None)

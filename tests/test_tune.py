@@ -1,0 +1,180 @@
+"""mode=tune end to end on the demo data: real Ray local cluster, real Ultralytics training, tiny images."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO, run_train
+
+pytestmark = pytest.mark.slow
+
+TINY = [
+    "experiment=demo",
+    "model.imgsz=64",
+    "model.batch=16",
+    "tune.epochs=3",
+    "tune.grace_period=1",
+    "hardware.cpu_per_trial=1",
+    "hardware.max_concurrent_trials=2",
+    "hardware.num_cpus=2",
+    "merge.samples_grid=0",
+]
+
+
+def tune_args(tmp_path: Path, run: str, *extra: str) -> list[str]:
+    return ["mode=tune", *TINY, f"data_dir={tmp_path}/data", f"hydra.run.dir={tmp_path}/{run}", *extra]
+
+
+def read_rows(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "tune" / "results.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+def trial_intervals(run_dir: Path) -> list[tuple[float, float]]:
+    """(start, end) of every trial from Ray's per-trial result.json (end of each epoch, its duration)."""
+    intervals = []
+    for result_file in (run_dir / "ray_tune").glob("*/result.json"):
+        lines = [json.loads(line) for line in result_file.read_text().splitlines() if line.strip()]
+        if lines:
+            intervals.append((lines[0]["timestamp"] - lines[0]["time_this_iter_s"], lines[-1]["timestamp"]))
+    return intervals
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("tune")
+    result = run_train(tune_args(tmp_path, "run", "tune.num_samples=4"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return tmp_path / "run"
+
+
+def test_results_table_has_every_trial_within_the_space(finished_run):
+    rows = read_rows(finished_run)
+    assert len(rows) == 4
+    for row in rows:
+        assert 1e-3 <= float(row["lr0"]) <= 1e-1 and 0.0 <= float(row["fliplr"]) <= 1.0
+        assert float(row["mosaic"]) in (0.0, 1.0)
+        assert 1 <= int(row["epochs"]) <= 3 and row["ended"] in ("completed", "stopped early")
+    assert any(row["ended"] == "completed" for row in rows)
+
+
+def test_best_hparams_are_the_best_rows_values(finished_run):
+    rows = read_rows(finished_run)
+    best = min(rows, key=lambda r: float(r["best_metric"]))  # experiment=demo ranks by val/box_loss, min
+    hparams = yaml.safe_load((finished_run / "best_hparams.yaml").read_text())
+    assert set(hparams) == {"lr0", "fliplr", "mosaic"}  # only training arguments, no data/epochs
+    assert hparams == pytest.approx({k: float(best[k]) for k in hparams})
+
+
+def test_plots_report_and_best_weights_exist(finished_run):
+    for name in ("tune/metric_per_epoch.png", "tune/metric_vs_params.png", "tune_report.md", "tune/best_trial/best.pt"):
+        assert (finished_run / name).is_file(), name
+    assert "Best trial" in (finished_run / "tune_report.md").read_text()
+
+
+def test_two_trials_ran_at_once(finished_run):
+    intervals = sorted(trial_intervals(finished_run))
+    assert len(intervals) == 4
+    overlaps = [a for a, b in itertools.pairwise(intervals) if b[0] < a[1]]
+    assert overlaps, intervals
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["+search_space.lr00={dist: uniform, low: 0.1, high: 0.2}"], "'lr00' is not an Ultralytics training argument"),
+        (["+search_space.epochs={dist: randint, low: 1, high: 5}"], "'epochs' is set by Sentinel"),
+        (["search_space.fliplr.high=1.5"], "fliplr is a fraction"),
+        (["search_space.lr0.low=0.5", "search_space.lr0.high=0.1"], "low (0.5) must be below high (0.1)"),
+        (["hardware.ray_address=ray://127.0.0.1:9"], "is not reachable"),
+        (["hardware.ray_address=http://127.0.0.1:8265"], "looks like the dashboard URL"),
+        (["tune.grace_period=3"], "tune.grace_period"),
+    ],
+    ids=["unknown_param", "sentinel_param", "fraction", "low_high", "unreachable_ray", "dashboard_url", "grace"],
+)
+def test_bad_tune_input_fails_before_any_training(tmp_path, extra, message):
+    started = time.monotonic()
+    result = run_train(tune_args(tmp_path, "run", *extra), cwd=tmp_path)
+    assert result.returncode == 1
+    assert message in result.stderr + result.stdout
+    assert not (tmp_path / "run" / "ray_tune").exists()
+    assert time.monotonic() - started < 60
+
+
+def test_killed_search_resumes_without_redoing_finished_trials(tmp_path):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    args = tune_args(tmp_path, "first", "tune.num_samples=4", "hardware.max_concurrent_trials=1", "tune.grace_period=2")
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "train.py"), *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    first = tmp_path / "first"
+    deadline = time.time() + 300
+    done_before_kill: dict[str, int] = {}
+    while time.time() < deadline and not done_before_kill:
+        time.sleep(0.5)
+        for result_file in (first / "ray_tune").glob("*/result.json"):
+            lines = result_file.read_text().splitlines()
+            if len(lines) == 3:  # this trial has finished all its epochs
+                done_before_kill[result_file.parent.name] = result_file.stat().st_mtime_ns
+    time.sleep(2)  # let the next trial start, so the kill lands mid-trial
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True, check=False)
+    assert done_before_kill, "no trial finished before the deadline"
+    assert not (first / "tune" / "results.csv").exists()
+
+    result = run_train(
+        tune_args(
+            tmp_path,
+            "second",
+            "tune.num_samples=4",
+            f"tune.resume={first}",
+            "hardware.max_concurrent_trials=1",
+            "tune.grace_period=2",
+        ),
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = read_rows(tmp_path / "second")
+    assert len(rows) == 4
+    for trial, mtime in done_before_kill.items():
+        assert (first / "ray_tune" / trial / "result.json").stat().st_mtime_ns == mtime  # not run again
+    assert "Resumed the search of" in (tmp_path / "second" / "tune_report.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "launcher", [[], ["hydra/launcher=ray", "+hydra.launcher.ray.init.num_cpus=2"]], ids=["basic", "ray"]
+)
+def test_multirun_writes_every_jobs_folder(tmp_path, launcher):
+    sweep = tmp_path / "multi"
+    args = [
+        "-m",
+        *launcher,
+        "mode=prep",
+        "merge.drop_leaks=true,false",
+        f"data_dir={tmp_path}/data",
+        f"hydra.sweep.dir={sweep}",
+        "merge.samples_grid=0",
+    ]
+    result = run_train(args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for job, drop in (("0", True), ("1", False)):
+        assert (sweep / job / "prep_report.json").is_file()
+        assert json.loads((sweep / job / "prep_report.json").read_text())["duplicates"]["leaks_dropped"] is drop
+        assert f"merge.drop_leaks={drop}" in (sweep / job / ".hydra" / "overrides.yaml").read_text()
