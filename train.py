@@ -33,10 +33,20 @@ def main(cfg: DictConfig) -> None:
     try:
         run_mode(cfg, run_dir)
     except SentinelError as error:
-        log.error("%s", redact(str(error)))
+        message = redact(str(error))
+        log_to_file_only(f"error: {message}")
+        print(f"error: {message}", file=sys.stderr)
         if user_wants_full_error():
             raise
         sys.exit(1)
+
+
+def log_to_file_only(message: str) -> None:
+    """Record an error in the run's log file; the terminal gets it once, on stderr."""
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
 
 
 if __name__ == "__main__":

@@ -144,10 +144,25 @@ def test_malformed_yaml_names_file_and_line(tmp_path):
     assert "Traceback" not in result.stderr
 
 
-def test_unimplemented_mode_fails_plainly(tmp_path):
-    result = run_train(["mode=finetune", f"data_dir={tmp_path}/data", f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path)
+STAGE_ERRORS = [
+    ("evaluate_with_nothing_to_evaluate", ["mode=evaluate"], "no finished finetune run found"),
+    ("pretrained_weights_offline", ["mode=finetune", "model=yolov8n"], "use model=yolov8n_scratch"),
+    (
+        "hparams_from_nothing",
+        ["mode=finetune", "model=yolov8n_scratch", "finetune.hparams_from=/nowhere"],
+        "finetune.hparams_from",
+    ),
+]
+
+
+@pytest.mark.parametrize(("args", "text"), [r[1:] for r in STAGE_ERRORS], ids=[r[0] for r in STAGE_ERRORS])
+def test_stage_input_errors_are_one_clear_message(tmp_path, args, text):
+    result = run_train(
+        [*args, f"data_dir={tmp_path}/data", "merge.samples_grid=0"], cwd=tmp_path, env={"YOLO_OFFLINE": "1"}
+    )
     assert result.returncode == 1
-    assert "mode=finetune is not implemented yet" in result.stderr + result.stdout
+    assert text in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_cfg_job_prints_config_without_importing_heavy_libraries(tmp_path):

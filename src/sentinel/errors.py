@@ -16,11 +16,3 @@ class ConfigError(SentinelError):
         if fix:
             message += f". Fix: {fix}"
         super().__init__(message)
-
-
-class NotImplementedStage(SentinelError):
-    """A mode whose stage has not been built yet. Fails plainly rather than pretending to run."""
-
-    def __init__(self, mode: str, issue: int) -> None:
-        self.mode = mode
-        super().__init__(f"mode={mode} is not implemented yet (tracked in issue #{issue})")

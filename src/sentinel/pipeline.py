@@ -1,6 +1,8 @@
 """Dispatch on `mode`: one plain function per stage, each taking the config and the run folder.
 
 Stage modules are imported inside the functions that need them, so composing a config stays fast.
+mode=all runs every stage in one run folder and skips a stage whose result already exists for the same
+inputs (sentinel.runs keeps that index), so a rerun after a crash continues where it stopped.
 """
 
 from __future__ import annotations
@@ -12,14 +14,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from sentinel.errors import NotImplementedStage
 from sentinel.schema import Mode
 from sentinel.validate import validate
 
 log = logging.getLogger(__name__)
-
-# Stage order for mode=all.
-PIPELINE = (Mode.prep, Mode.tune, Mode.finetune, Mode.export, Mode.evaluate)
 
 
 def run_prep(cfg: DictConfig, run_dir: Path) -> Any:
@@ -35,15 +33,21 @@ def run_tune(cfg: DictConfig, run_dir: Path) -> Any:
 
 
 def run_finetune(cfg: DictConfig, run_dir: Path) -> Any:
-    raise NotImplementedStage("finetune", 6)
+    from sentinel.finetune import finetune
+
+    return finetune(cfg, run_dir)
 
 
 def run_export(cfg: DictConfig, run_dir: Path) -> Any:
-    raise NotImplementedStage("export", 6)
+    from sentinel.export import export
+
+    return export(cfg, run_dir)
 
 
 def run_evaluate(cfg: DictConfig, run_dir: Path) -> Any:
-    raise NotImplementedStage("evaluate", 6)
+    from sentinel.evaluate import evaluate
+
+    return evaluate(cfg, run_dir)
 
 
 STAGES: dict[Mode, Callable[[DictConfig, Path], Any]] = {
@@ -56,20 +60,22 @@ STAGES: dict[Mode, Callable[[DictConfig, Path], Any]] = {
 
 
 def run_all(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    """Run the stages in order, as far as they are built; say plainly which are not built yet."""
-    results: dict[str, Any] = {}
-    for mode in PIPELINE:
-        try:
-            results[mode.value] = STAGES[mode](cfg, run_dir)
-        except NotImplementedStage as missing:
-            remaining = [m.value for m in PIPELINE[PIPELINE.index(mode) :]]
-            log.warning("mode=all stopped before %s: %s", ", ".join(remaining), missing)
-            results["not_implemented"] = remaining
-            break
+    """prep → tune → finetune (with this run's best values) → export → evaluate, skipping finished stages."""
+    from sentinel.evaluate import evaluate
+    from sentinel.export import export
+    from sentinel.finetune import finetune
+    from sentinel.tune import tune
+
+    results: dict[str, Any] = {"prep": run_prep(cfg, run_dir)}
+    results["tune"] = tune(cfg, run_dir, skip_if_done=True)
+    results["finetune"] = finetune(cfg, run_dir, hparams_run=run_dir, skip_if_done=True)
+    weights = results["finetune"].weights
+    results["export"] = export(cfg, run_dir, weights=weights, skip_if_done=True)
+    results["evaluate"] = evaluate(cfg, run_dir, weights=weights, skip_if_done=True)
     return results
 
 
-def run_mode(cfg: DictConfig, run_dir: Path) -> Any:
+def run_mode(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Validate the config, save it resolved in the run folder, and run the selected mode."""
     validate(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -84,14 +90,23 @@ def run_mode(cfg: DictConfig, run_dir: Path) -> Any:
 def summary(run_dir: Path, results: dict[str, Any]) -> str:
     """What a person wants at the end of a run: where everything is."""
     lines = [f"Sentinel run folder: {run_dir}"]
-    prep_result = results.get("prep")
-    if prep_result is not None:
-        lines.append(f"  dataset:     {prep_result.dataset_yaml}{' (cache hit)' if prep_result.cache_hit else ''}")
-        lines.append(f"  prep report: {run_dir / 'prep_report.md'} (+ class_distribution.png, samples.png)")
-    tune_result = results.get("tune")
-    if tune_result is not None:
-        lines.append(f"  best hparams: {run_dir / 'best_hparams.yaml'} ({tune_result.best_metric:.4f})")
-        lines.append(f"  tune report:  {run_dir / 'tune_report.md'} (+ tune/results.csv, tune/*.png)")
-    if results.get("not_implemented"):
-        lines.append(f"  not implemented yet: {', '.join(results['not_implemented'])}")
+
+    def add(stage: str, text: str) -> None:
+        skipped = getattr(results[stage], "skipped", False) or getattr(results[stage], "cache_hit", False)
+        lines.append(f"  {stage + ':':<10}{text}{'  (already done: reused)' if skipped else ''}")
+
+    if "prep" in results:
+        add("prep", f"{results['prep'].dataset_yaml}; report {run_dir / 'prep_report.md'}")
+    if "tune" in results:
+        add(
+            "tune",
+            f"{run_dir / 'best_hparams.yaml'} (best {results['tune'].best_metric:.4f}); {run_dir / 'tune_report.md'}",
+        )
+    if "finetune" in results:
+        add("finetune", f"weights {results['finetune'].weights}")
+    if "export" in results:
+        add("export", ", ".join(str(p) for p in results["export"].files.values()))
+    if "evaluate" in results:
+        means = results["evaluate"].metrics["means"]
+        add("evaluate", f"mAP50-95 {means['map50-95']:.4f}, mAP50 {means['map50']:.4f}; {run_dir / 'metrics.md'}")
     return "\n".join(lines)

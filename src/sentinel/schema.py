@@ -218,12 +218,14 @@ class FinetuneConfig:
 @dataclass
 class ExportConfig:
     formats: list[str] = field(default_factory=lambda: ["torchscript"])
+    weights: str = "latest"
 
 
 @dataclass
 class EvaluateConfig:
     split: str = "test"
     compare_to: str = ""
+    weights: str = "latest"
 
 
 @dataclass

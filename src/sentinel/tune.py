@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sentinel.errors import ConfigError, SentinelError
 from sentinel.fingerprint import stable_hash
+from sentinel.ultra import check_weights_available
 from sentinel.validate import param_specs
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,7 @@ class TuneResult:
     best_metric: float
     trials: int
     resumed_from: Path | None
+    skipped: bool = False
 
 
 # --- checks that need Ultralytics' argument list -------------------------------------------------------
@@ -267,20 +269,28 @@ def find_resumable(cfg: DictConfig, fingerprint: str, run_dir: Path) -> Path | N
     return max(candidates, key=lambda p: (p / STATE_FILE).stat().st_mtime)
 
 
-def tune(cfg: DictConfig, run_dir: Path) -> TuneResult:
+def tune(cfg: DictConfig, run_dir: Path, skip_if_done: bool = False) -> TuneResult:
     """Run the search, write its record into the run folder, return the best hyperparameters."""
     from ray import tune as ray_tune
     from ray.tune.schedulers import ASHAScheduler
 
-    from sentinel.prep import prepare_dataset
+    from sentinel.prep import data_dir_of, prepare_dataset
+    from sentinel.runs import link_or_copy, lookup_result, record_result
     from sentinel.tune_report import write_tune_outputs
 
     if len(cfg.search_space) == 0:
         raise ConfigError("search_space", "is empty", "choose search_space=default or define parameters")
     check_search_space(cfg.search_space)
+    check_weights_available(cfg.model.weights)
     search_alg = make_search_alg(cfg.tune.search_alg, cfg.seed, cfg.tune.metric, cfg.tune.mode)
     merged = prepare_dataset(cfg)
     fingerprint = tune_fingerprint(cfg, merged.fingerprint)
+    if skip_if_done and (done := lookup_result("tune", fingerprint, data_dir_of(cfg), needed=("best_hparams",))):
+        for name in ("best_hparams.yaml", "tune_report.md"):
+            link_or_copy(Path(done["run_dir"]) / name, run_dir / name)
+        log.info("tune: skipped, done in %s", done["run_dir"])
+        best = yaml.safe_load((run_dir / "best_hparams.yaml").read_text()) or {}
+        return TuneResult(run_dir, best, float(done["best_metric"]), 0, None, skipped=True)
     resume_from = find_resumable(cfg, fingerprint, run_dir)
     started_ray = connect_ray(cfg.hardware)
     experiment = (resume_from or run_dir) / RAY_DIR
@@ -316,6 +326,18 @@ def tune(cfg: DictConfig, run_dir: Path) -> TuneResult:
             )
         grid = tuner.fit()
         result = write_tune_outputs(grid, cfg, run_dir, resume_from)
+        record_result(
+            "tune",
+            fingerprint,
+            run_dir,
+            data_dir_of(cfg),
+            {
+                "best_hparams": str(run_dir / "best_hparams.yaml"),
+                "tune_report": str(run_dir / "tune_report.md"),
+                "dataset": merged.fingerprint,
+                "best_metric": result.best_metric,
+            },
+        )
     finally:
         if started_ray:
             import ray

@@ -1,0 +1,146 @@
+"""mode=evaluate: validate the fine-tuned weights on the test split (val when there is none, and the report
+says so) and write the per-class table and the means as metrics.json and metrics.md, with Ultralytics'
+confusion matrix and PR curve next to them. `evaluate.compare_to` adds a column of differences."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig
+
+from sentinel.export import resolve_weights, weights_key
+from sentinel.fingerprint import stable_hash
+from sentinel.prep import data_dir_of, prepare_dataset
+from sentinel.runs import link_or_copy, lookup_result, record_result, resolve_result
+from sentinel.ultra import load_yolo, provide_offline_font, ultralytics_device
+
+log = logging.getLogger(__name__)
+
+MEANS = ("mp", "mr", "map50-95", "map50", "map75")
+PLOTS = ("confusion_matrix.png", "confusion_matrix_normalized.png", "BoxPR_curve.png", "BoxF1_curve.png")
+
+
+@dataclass(frozen=True)
+class EvaluateResult:
+    metrics: dict[str, Any]
+    metrics_file: Path
+    skipped: bool = False
+
+
+def evaluate(cfg: DictConfig, run_dir: Path, weights: Path | None = None, skip_if_done: bool = False) -> EvaluateResult:
+    merged = prepare_dataset(cfg)
+    weights = weights or resolve_weights(cfg.evaluate.weights, "evaluate.weights")
+    split, note = choose_split(merged.dataset_yaml, cfg.evaluate.split)
+    key = stable_hash({**weights_key(weights), "dataset": merged.fingerprint, "split": split, "imgsz": cfg.model.imgsz})
+    data_dir = data_dir_of(cfg)
+    if skip_if_done and (done := lookup_result("evaluate", key, data_dir, needed=("metrics_json",))):
+        for name in ("metrics.json", "metrics.md"):
+            link_or_copy(Path(done["run_dir"]) / name, run_dir / name)
+        log.info("evaluate: skipped, done in %s", done["run_dir"])
+        return EvaluateResult(json.loads((run_dir / "metrics.json").read_text()), run_dir / "metrics.json", True)
+
+    provide_offline_font()
+    results = load_yolo(weights).val(
+        data=str(merged.dataset_yaml),
+        split=split,
+        imgsz=cfg.model.imgsz,
+        batch=cfg.model.batch,
+        device=ultralytics_device(cfg.hardware.device),
+        workers=cfg.hardware.workers,
+        project=str(run_dir),
+        name="evaluate",
+        exist_ok=True,
+        plots=True,
+        verbose=False,
+    )
+    metrics = metrics_table(results, split, note, str(weights))
+    if cfg.evaluate.compare_to:
+        add_comparison(metrics, cfg.evaluate.compare_to)
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (run_dir / "metrics.md").write_text(metrics_markdown(metrics))
+    for name in PLOTS:
+        if (Path(results.save_dir) / name).is_file():
+            shutil.copyfile(Path(results.save_dir) / name, run_dir / name)
+    print(metrics_markdown(metrics))
+    record_result("evaluate", key, run_dir, data_dir, {"metrics_json": str(run_dir / "metrics.json")})
+    return EvaluateResult(metrics, run_dir / "metrics.json")
+
+
+def choose_split(dataset_yaml: Path, wanted: str) -> tuple[str, str]:
+    data = yaml.safe_load(dataset_yaml.read_text())
+    if wanted in data:
+        return wanted, ""
+    return "val", f"the dataset has no {wanted} split; evaluated on val instead"
+
+
+def metrics_table(results: Any, split: str, note: str, weights: str) -> dict[str, Any]:
+    """Per-class rows and means from Ultralytics' DetMetrics, as plain numbers."""
+    box = results.box
+    classes = []
+    for i, class_id in enumerate(results.ap_class_index):
+        classes.append(
+            {
+                "class": results.names[int(class_id)],
+                "images": int(results.nt_per_image[class_id]),
+                "instances": int(results.nt_per_class[class_id]),
+                "precision": float(box.p[i]),
+                "recall": float(box.r[i]),
+                "f1": float(box.f1[i]),
+                "ap50": float(box.ap50[i]),
+                "ap50-95": float(box.ap[i]),
+            }
+        )
+    means = {
+        "mp": float(box.mp),
+        "mr": float(box.mr),
+        "map50-95": float(box.map),
+        "map50": float(box.map50),
+        "map75": float(box.map75),
+    }
+    return {"split": split, "note": note, "weights": weights, "classes": classes, "means": means}
+
+
+def add_comparison(metrics: dict[str, Any], compare_to: str) -> None:
+    earlier = json.loads(
+        Path(resolve_result(compare_to, "evaluate", "evaluate.compare_to")["metrics_json"]).read_text()
+    )
+    metrics["compared_to"] = earlier.get("weights", "")
+    metrics["means_diff"] = {k: metrics["means"][k] - earlier["means"].get(k, 0.0) for k in MEANS}
+    before = {row["class"]: row for row in earlier["classes"]}
+    for row in metrics["classes"]:
+        old = before.get(row["class"])
+        row["ap50-95_diff"] = row["ap50-95"] - old["ap50-95"] if old else None
+
+
+def metrics_markdown(metrics: dict[str, Any]) -> str:
+    diff = "means_diff" in metrics
+    lines = [f"# Evaluation on {metrics['split']}", ""]
+    if metrics["note"]:
+        lines += [f"Note: {metrics['note']}.", ""]
+    header = "| class | images | instances | P | R | F1 | AP50 | AP50-95 |" + (" Δ AP50-95 |" if diff else "")
+    lines += [header, "|---" * (8 + diff) + "|"]
+    for row in metrics["classes"]:
+        cells = [
+            row["class"],
+            row["images"],
+            row["instances"],
+            *(f"{row[k]:.4f}" for k in ("precision", "recall", "f1", "ap50", "ap50-95")),
+        ]
+        if diff:
+            cells.append("" if row.get("ap50-95_diff") is None else f"{row['ap50-95_diff']:+.4f}")
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    lines += [
+        "",
+        "| mP | mR | mAP50-95 | mAP50 | mAP75 |",
+        "|---|---|---|---|---|",
+        "| " + " | ".join(f"{metrics['means'][k]:.4f}" for k in MEANS) + " |",
+    ]
+    if diff:
+        lines += ["| " + " | ".join(f"{metrics['means_diff'][k]:+.4f}" for k in MEANS) + " | (vs earlier) |"]
+    return "\n".join(lines) + "\n"
