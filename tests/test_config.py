@@ -118,7 +118,7 @@ def test_missing_required_value_fails_naming_the_key(compose_cfg, tmp_path):
 
 CLI_ERRORS = [
     ("typo", ["datasets.guns.workspcae=x", "datasets=[guns]"], "workspcae"),
-    ("unknown_mode", ["mode=tunee"], "expected one of [prep, tune, finetune, export, evaluate, all]"),
+    ("unknown_mode", ["mode=tunee"], "expected one of [prep, tune, finetune, export, evaluate, all, doctor]"),
     ("unknown_dataset_lists_options", ["datasets=[coco,cocoo]"], "Available options in 'datasets': coco, demo"),
     ("wrong_type", ["model.epochs=abc"], "model.epochs"),
 ]

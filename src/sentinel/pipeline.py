@@ -50,7 +50,14 @@ def run_evaluate(cfg: DictConfig, run_dir: Path) -> Any:
     return evaluate(cfg, run_dir)
 
 
+def run_doctor(cfg: DictConfig, run_dir: Path) -> Any:
+    from sentinel.doctor import doctor
+
+    return doctor(cfg, run_dir)
+
+
 STAGES: dict[Mode, Callable[[DictConfig, Path], Any]] = {
+    Mode.doctor: run_doctor,
     Mode.prep: run_prep,
     Mode.tune: run_tune,
     Mode.finetune: run_finetune,

@@ -20,7 +20,7 @@ from omegaconf import MISSING
 
 
 class Mode(str, Enum):
-    """What `train.py` does. `all` runs every implemented stage in order."""
+    """What `train.py` does. `all` runs every stage in order; `doctor` checks what the others will need."""
 
     prep = "prep"
     tune = "tune"
@@ -28,6 +28,7 @@ class Mode(str, Enum):
     export = "export"
     evaluate = "evaluate"
     all = "all"
+    doctor = "doctor"
 
 
 class OnBadLabel(str, Enum):
