@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -229,8 +230,9 @@ merge_sources([read_source("big", Path(sys.argv[1]))], OmegaConf.structured(Merg
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("delay", [0.0, 0.3, 0.8], ids=["early", "middle", "late"])
-def test_kill_during_build_leaves_nothing_half_built_and_rerun_completes(tmp_path, delay):
+@pytest.mark.parametrize("seed", range(5))
+def test_kill_during_build_leaves_nothing_half_built_and_rerun_completes(tmp_path, seed):
+    delay = random.Random(seed).uniform(0.0, 1.0)  # a different moment of the build for each seed
     source = make_source(tmp_path / "src" / "big", ["a"], {"train": files(1500, 7), "val": files(50, 8)})
     data_dir = tmp_path / "d"
     process = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(source), str(data_dir)])
@@ -277,3 +279,44 @@ def test_ultralytics_trains_one_epoch_on_the_merged_dataset(three_sources, messy
     assert (tmp_path / "runs" / "t" / "weights" / "last.pt").is_file()
     assert model.names == {0: "a", 1: "gun", 2: "knife", 3: "person"}
     assert tree_digest(tmp_path / "src") == src_before  # incl. the JPEG Ultralytics "restores" in place
+
+
+def test_build_that_would_not_fit_is_refused_before_writing(three_sources, tmp_path, monkeypatch):
+    import sentinel.merge
+
+    monkeypatch.setattr(sentinel.merge, "free_bytes", lambda folder: 10 * 2**20)
+    with pytest.raises(SentinelError, match="only 10 MiB are free"):
+        merge_sources(three_sources, merge_cfg(), tmp_path / "d")
+    assert list((tmp_path / "d" / "merged").iterdir()) == [] or all(
+        p.name.startswith(".") and p.name.endswith(".lock") for p in (tmp_path / "d" / "merged").iterdir()
+    )
+
+
+CONCURRENT_SCRIPT = """
+import sys
+from pathlib import Path
+from omegaconf import OmegaConf
+from sentinel.merge import merge_sources
+from sentinel.schema import MergeConfig
+from sentinel.sources.yolo_dir import read_source
+result = merge_sources([read_source("big", Path(sys.argv[1]))], OmegaConf.structured(MergeConfig), Path(sys.argv[2]))
+print("HIT" if result.cache_hit else "BUILT", result.folder)
+"""
+
+
+@pytest.mark.slow
+def test_two_preps_at_once_on_one_data_dir_build_once(tmp_path):
+    source = make_source(tmp_path / "src" / "big", ["a"], {"train": files(600, 9), "val": files(40, 10)})
+    data_dir = tmp_path / "d"
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-c", CONCURRENT_SCRIPT, str(source), str(data_dir)], stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    outputs = [run.communicate(timeout=300)[0].split() for run in runs]
+    assert all(run.returncode == 0 for run in runs)
+    assert sorted(o[0] for o in outputs) == ["BUILT", "HIT"] and outputs[0][1] == outputs[1][1]
+    folder = Path(outputs[0][1])
+    assert len(list((folder / "labels" / "train").iterdir())) == 600
+    assert [p.name for p in (data_dir / "merged").iterdir() if not p.name.startswith(".")] == [folder.name]

@@ -96,10 +96,35 @@ def merge_sources(sources: list[SourceData], merge: DictConfig, data_dir: Path) 
     with target_lock(final):
         if is_complete(final):
             return MergeResult(final, final / "dataset.yaml", fingerprint, True, _load_report(final))
+        check_disk_space(plan, merge.link, final.parent)
         with atomic_build(final, {"fingerprint": fingerprint}) as tmp:
             report = build_merged(plan, class_map, merge, tmp, final)
     log.info("prep: built %s", final)
     return MergeResult(final, final / "dataset.yaml", fingerprint, False, report)
+
+
+# --- disk space -----------------------------------------------------------------------------------------
+
+BYTES_PER_ITEM = 8192  # a label file and a directory entry or link: one filesystem block each, rounded up
+SAFETY_BYTES = 64 * 2**20
+
+
+def free_bytes(folder: Path) -> int:
+    return shutil.disk_usage(folder).free
+
+
+def check_disk_space(plan: Plan, link: str, folder: Path) -> None:
+    """Refuse before writing anything when the build would not fit (copies cost the images' bytes)."""
+    need = len(plan.items) * BYTES_PER_ITEM + SAFETY_BYTES
+    if link == "copy":
+        need += sum(item.image_stat[0] for item in plan.items)
+    folder.mkdir(parents=True, exist_ok=True)
+    free = free_bytes(folder)
+    if free < need:
+        raise SentinelError(
+            f"prep: the merged dataset needs about {need / 2**20:.0f} MiB in {folder} but only {free / 2**20:.0f} "
+            "MiB are free. Fix: free some space, or set data_dir to a larger disk (merge.link=hardlink needs least)"
+        )
 
 
 # --- planning -------------------------------------------------------------------------------------------
