@@ -35,3 +35,5 @@ format: setup
 bench: setup
 	$(PY) benchmarks/startup.py
 	$(PY) benchmarks/prep.py
+	$(PY) benchmarks/tune.py
+	$(PY) benchmarks/finetune.py

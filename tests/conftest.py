@@ -51,3 +51,16 @@ def run_train(args: list[str], cwd: Path, env: dict[str, str] | None = None, tim
         timeout=timeout,
         stdin=subprocess.DEVNULL,
     )
+
+
+def start_train(args: list[str], cwd: Path) -> subprocess.Popen:
+    """Start `python train.py ARGS` in its own process group, so a test can SIGKILL it and all it started."""
+    return subprocess.Popen(
+        [sys.executable, str(REPO / "train.py"), *args],
+        cwd=cwd,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )

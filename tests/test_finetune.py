@@ -7,14 +7,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import REPO, run_train
+from conftest import run_train, start_train
 
 pytestmark = pytest.mark.slow
 
@@ -161,14 +160,7 @@ def test_mode_all_runs_every_stage_then_skips_them_all(tmp_path):
 
 def test_killed_finetune_resumes_from_its_last_checkpoint(tmp_path):
     args = [*TINY, "mode=finetune", "model.epochs=8", "model.patience=8", f"data_dir={tmp_path}/data"]
-    process = subprocess.Popen(
-        [sys.executable, str(REPO / "train.py"), *args],
-        cwd=tmp_path,
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "YOLO_OFFLINE": "1"},
-    )
+    process = start_train(args, cwd=tmp_path)
     deadline = time.time() + 300
     results = None
     while time.time() < deadline:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import itertools
 import json
 import os
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, run_train
+from conftest import run_train, start_train
 
 pytestmark = pytest.mark.slow
 
@@ -112,17 +113,16 @@ def test_bad_tune_input_fails_before_any_training(tmp_path, extra, message):
     assert time.monotonic() - started < 60
 
 
+@pytest.mark.skipif(importlib.util.find_spec("hyperopt") is not None, reason="hyperopt is installed here")
+def test_search_alg_without_its_package_says_what_to_install(tmp_path):
+    result = run_train(tune_args(tmp_path, "run", "tune.search_alg=hyperopt"), cwd=tmp_path)
+    assert result.returncode == 1 and "pip install hyperopt" in result.stderr
+    assert not (tmp_path / "run" / "ray_tune").exists()
+
+
 def test_killed_search_resumes_without_redoing_finished_trials(tmp_path):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     args = tune_args(tmp_path, "first", "tune.num_samples=4", "hardware.max_concurrent_trials=1", "tune.grace_period=2")
-    process = subprocess.Popen(
-        [sys.executable, str(REPO / "train.py"), *args],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    process = start_train(args, cwd=tmp_path)
     first = tmp_path / "first"
     deadline = time.time() + 300
     done_before_kill: dict[str, int] = {}
