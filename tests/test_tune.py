@@ -84,6 +84,16 @@ def test_plots_report_and_best_weights_exist(finished_run):
     assert "Best trial" in (finished_run / "tune_report.md").read_text()
 
 
+def test_same_seed_samples_the_same_trials(finished_run, tmp_path):
+    result = run_train(tune_args(tmp_path, "again", "tune.num_samples=4", "tune.epochs=2"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    def sampled(run_dir: Path) -> list[tuple[str, ...]]:
+        return sorted((r["lr0"], r["fliplr"], r["mosaic"]) for r in read_rows(run_dir))
+
+    assert sampled(tmp_path / "again") == sampled(finished_run)
+
+
 def test_two_trials_ran_at_once(finished_run):
     intervals = sorted(trial_intervals(finished_run))
     assert len(intervals) == 4
@@ -126,13 +136,16 @@ def test_killed_search_resumes_without_redoing_finished_trials(tmp_path):
     first = tmp_path / "first"
     deadline = time.time() + 300
     done_before_kill: dict[str, int] = {}
-    while time.time() < deadline and not done_before_kill:
-        time.sleep(0.5)
+    running = False
+    while time.time() < deadline and not (done_before_kill and running):
+        time.sleep(0.1)
+        done_before_kill, running = {}, False
         for result_file in (first / "ray_tune").glob("*/result.json"):
-            lines = result_file.read_text().splitlines()
-            if len(lines) == 3:  # this trial has finished all its epochs
+            epochs = len(result_file.read_text().splitlines())
+            if epochs == 3:  # this trial has finished all its epochs
                 done_before_kill[result_file.parent.name] = result_file.stat().st_mtime_ns
-    time.sleep(2)  # let the next trial start, so the kill lands mid-trial
+            elif epochs >= 1:  # another trial is mid-way: kill now
+                running = True
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True, check=False)

@@ -15,14 +15,20 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from sentinel.errors import SentinelError
 from sentinel.fingerprint import stable_hash
 from sentinel.prep import data_dir_of, prepare_dataset
 from sentinel.runs import link_or_copy, lookup_result, record_result, resolve_result
 from sentinel.tune import EpochReporter
-from sentinel.ultra import check_weights_available, load_yolo, provide_offline_font, ultralytics_device
+from sentinel.ultra import (
+    check_weights_available,
+    fixed_training_args,
+    load_yolo,
+    provide_offline_font,
+    ultralytics_device,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +63,7 @@ def choose_hparams(cfg: DictConfig, dataset: str, from_run: Path | None = None) 
 
 def training_args(cfg: DictConfig, hparams: dict[str, Any]) -> dict[str, Any]:
     """Ultralytics training arguments: augmentation and model values, overridden by the tuned ones."""
-    args = OmegaConf.to_container(cfg.augmentation, resolve=True)
-    args.update(imgsz=cfg.model.imgsz, batch=cfg.model.batch, patience=cfg.model.patience, seed=cfg.seed)
-    args.update(hparams)
-    return args
+    return {**fixed_training_args(cfg), **hparams}
 
 
 def finetune_key(cfg: DictConfig, dataset: str, args: dict[str, Any]) -> str:

@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sentinel.errors import ConfigError, SentinelError
 from sentinel.fingerprint import stable_hash
-from sentinel.ultra import check_weights_available
+from sentinel.ultra import check_weights_available, fixed_training_args
 from sentinel.validate import param_specs
 
 log = logging.getLogger(__name__)
@@ -102,9 +102,12 @@ def ray_space(space: DictConfig) -> dict[str, Any]:
 
 
 def make_search_alg(name: str, seed: int, metric: str, mode: str) -> Any:
-    """None means Ray's random/grid generator; optuna and hyperopt need their packages."""
+    """Ray's random generator (seeded, so the same seed samples the same trials); optuna and hyperopt need their
+    packages."""
     if name == "random":
-        return None
+        from ray.tune.search.basic_variant import BasicVariantGenerator
+
+        return BasicVariantGenerator(random_state=seed)
     try:
         if name == "optuna":
             from ray.tune.search.optuna import OptunaSearch
@@ -225,8 +228,6 @@ def train_trial(config: dict[str, Any], setup: dict[str, Any]) -> None:
 
 def trial_setup(cfg: DictConfig, data_yaml: Path) -> dict[str, Any]:
     """What every trial needs, as plain values (it travels to Ray workers)."""
-    fixed = {k: v for k, v in OmegaConf.to_container(cfg.augmentation, resolve=True).items()}
-    fixed.update(imgsz=cfg.model.imgsz, batch=cfg.model.batch, patience=cfg.model.patience, seed=cfg.seed)
     return {
         "data": str(data_yaml),
         "weights": cfg.model.weights,
@@ -234,7 +235,7 @@ def trial_setup(cfg: DictConfig, data_yaml: Path) -> dict[str, Any]:
         "device": "0" if cfg.hardware.gpu_per_trial > 0 else "cpu",  # Ray sets CUDA_VISIBLE_DEVICES per trial
         "workers": cfg.hardware.workers,
         "cpu_per_trial": cfg.hardware.cpu_per_trial,
-        "fixed": fixed,
+        "fixed": fixed_training_args(cfg),
     }
 
 
@@ -315,6 +316,9 @@ def tune(cfg: DictConfig, run_dir: Path, skip_if_done: bool = False) -> TuneResu
                     num_samples=cfg.tune.num_samples,
                     max_concurrent_trials=cfg.hardware.max_concurrent_trials,
                     search_alg=search_alg,
+                    # A new actor per trial re-imports torch and Ultralytics (seconds each); all our trials
+                    # ask for the same resources, so Ray can hand a finished trial's process to the next.
+                    reuse_actors=True,
                     scheduler=ASHAScheduler(
                         time_attr="training_iteration",
                         max_t=cfg.tune.epochs,

@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
 
 FONTS = ("Arial.ttf", "Arial.Unicode.ttf")
 
@@ -59,6 +62,13 @@ def load_yolo(weights: str | Path):  # -> ultralytics.YOLO
         return YOLO(str(weights))
     except Exception as error:  # Ultralytics raises several types for missing, corrupt or unknown models
         raise SentinelError(f"cannot load weights {weights}: {type(error).__name__}: {error}") from None
+
+
+def fixed_training_args(cfg: DictConfig) -> dict[str, Any]:
+    """The training arguments every training shares: augmentation and model values (tuning overrides them)."""
+    args = OmegaConf.to_container(cfg.augmentation, resolve=True)
+    args.update(imgsz=cfg.model.imgsz, batch=cfg.model.batch, patience=cfg.model.patience, seed=cfg.seed)
+    return args
 
 
 def ultralytics_device(device: str) -> str:
