@@ -53,12 +53,12 @@ def run_train(args: list[str], cwd: Path, env: dict[str, str] | None = None, tim
     )
 
 
-def start_train(args: list[str], cwd: Path) -> subprocess.Popen:
+def start_train(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
     """Start `python train.py ARGS` in its own process group, so a test can SIGKILL it and all it started."""
     return subprocess.Popen(
         [sys.executable, str(REPO / "train.py"), *args],
         cwd=cwd,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         stdin=subprocess.DEVNULL,

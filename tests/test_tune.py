@@ -130,27 +130,37 @@ def test_search_alg_without_its_package_says_what_to_install(tmp_path):
     assert not (tmp_path / "run" / "ray_tune").exists()
 
 
+def experiment_statuses(ray_dir: Path) -> dict[str, str]:
+    """Trial id → status from Ray's newest saved experiment state: what a resume starts from."""
+    states = sorted(ray_dir.glob("experiment_state-*.json"))
+    try:
+        data = json.loads(states[-1].read_text()) if states else {"trial_data": []}
+    except json.JSONDecodeError:  # caught mid-write; the next poll reads it whole
+        return {}
+    trials = [json.loads(trial) for trial, _ in data["trial_data"]]
+    return {t["trial_id"]: t["status"] for t in trials}
+
+
 def test_killed_search_resumes_without_redoing_finished_trials(tmp_path):
     args = tune_args(tmp_path, "first", "tune.num_samples=4", "hardware.max_concurrent_trials=1", "tune.grace_period=2")
-    process = start_train(args, cwd=tmp_path)
+    # Ray saves its experiment state every >=10 s by default; every second here, so the kill lands between
+    # a saved finished trial and a running one (TUNE_GLOBAL_CHECKPOINT_S is Ray's own setting).
+    process = start_train(args, cwd=tmp_path, env={"TUNE_GLOBAL_CHECKPOINT_S": "1"})
     first = tmp_path / "first"
     deadline = time.time() + 300
-    done_before_kill: dict[str, int] = {}
-    running = False
-    while time.time() < deadline and not (done_before_kill and running):
+    finished: set[str] = set()
+    while time.time() < deadline and process.poll() is None:
         time.sleep(0.1)
-        done_before_kill, running = {}, False
-        for result_file in (first / "ray_tune").glob("*/result.json"):
-            epochs = len(result_file.read_text().splitlines())
-            if epochs == 3:  # this trial has finished all its epochs
-                done_before_kill[result_file.parent.name] = result_file.stat().st_mtime_ns
-            elif epochs >= 1:  # another trial is mid-way: kill now
-                running = True
+        statuses = experiment_statuses(first / "ray_tune")
+        finished = {t for t, status in statuses.items() if status == "TERMINATED"}
+        if finished and any(status in ("RUNNING", "PENDING") for status in statuses.values()):
+            break
+    killed_at = time.time()
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True, check=False)
-    assert done_before_kill, "no trial finished before the deadline"
-    assert not (first / "tune" / "results.csv").exists()
+    assert finished, "no trial was recorded as finished before the search ended"
+    assert not (first / "tune" / "results.csv").exists()  # the search itself did not get to finish
 
     result = run_train(
         tune_args(
@@ -164,10 +174,11 @@ def test_killed_search_resumes_without_redoing_finished_trials(tmp_path):
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    rows = read_rows(tmp_path / "second")
-    assert len(rows) == 4
-    for trial, mtime in done_before_kill.items():
-        assert (first / "ray_tune" / trial / "result.json").stat().st_mtime_ns == mtime  # not run again
+    assert len(read_rows(tmp_path / "second")) == 4
+    for trial in finished:  # not run again: every epoch it reported predates the kill
+        (result_file,) = (first / "ray_tune").glob(f"*{trial}*/result.json")
+        stamps = [json.loads(line)["timestamp"] for line in result_file.read_text().splitlines()]
+        assert stamps and max(stamps) <= killed_at, (trial, stamps, killed_at)
     assert "Resumed the search of" in (tmp_path / "second" / "tune_report.md").read_text()
 
 

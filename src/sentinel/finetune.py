@@ -8,7 +8,6 @@ fine-tune with the same inputs from its last.pt, in its own folder.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ from omegaconf import DictConfig
 from sentinel.errors import SentinelError
 from sentinel.fingerprint import stable_hash
 from sentinel.prep import data_dir_of, prepare_dataset
-from sentinel.runs import link_or_copy, lookup_result, record_result, resolve_result
+from sentinel.runs import link_or_copy, lookup_result, newest_unfinished, record_result, resolve_result, write_state
 from sentinel.tune import EpochReporter
 from sentinel.ultra import (
     check_weights_available,
@@ -32,7 +31,7 @@ from sentinel.ultra import (
 
 log = logging.getLogger(__name__)
 
-STATE_FILE = "finetune_state.json"
+LAST = "finetune/weights/last.pt"  # where Ultralytics keeps the checkpoint a killed run resumes from
 
 
 @dataclass(frozen=True)
@@ -106,13 +105,15 @@ def finetune(
             sort_keys=False,
         )
     )
-    resume_from = find_unfinished(key) if cfg.finetune.resume else None
-    write_state(run_dir, key, "running")
+    resume_from = newest_unfinished("finetune", key, exclude=run_dir, needs=LAST) if cfg.finetune.resume else None
+    if cfg.finetune.resume and resume_from is None:
+        log.info("finetune: nothing to resume for these inputs; starting fresh")
+    write_state(run_dir, "finetune", key, "running")
     best = train(cfg, merged.dataset_yaml, args, run_dir, resume_from)
     link_or_copy(best, target)
-    write_state(run_dir, key, "done")
+    write_state(run_dir, "finetune", key, "done")
     if resume_from is not None:
-        write_state(resume_from, key, "done")
+        write_state(resume_from, "finetune", key, "done")
     record_result(
         "finetune",
         key,
@@ -128,7 +129,7 @@ def train(cfg: DictConfig, data_yaml: Path, args: dict[str, Any], run_dir: Path,
     """Run Ultralytics training (or resume it) and return the best weights it saved."""
     provide_offline_font()
     if resume_from is not None:
-        last = resume_from / "finetune" / "weights" / "last.pt"
+        last = resume_from / LAST
         log.info("finetune: resuming %s", last)
         model = load_yolo(last)
         model.add_callback("on_pretrain_routine_start", EpochReporter.drop_builtin_raytune)
@@ -151,21 +152,3 @@ def train(cfg: DictConfig, data_yaml: Path, args: dict[str, Any], run_dir: Path,
     if not best.is_file():
         raise SentinelError(f"finetune: Ultralytics saved no weights in {weights}")
     return best
-
-
-def find_unfinished(key: str) -> Path | None:
-    """Newest run folder under outputs/ whose fine-tune with these inputs did not finish but left a last.pt."""
-    found = []
-    for state_file in Path("outputs").resolve().glob(f"*/*/{STATE_FILE}"):
-        state = json.loads(state_file.read_text())
-        last = state_file.parent / "finetune" / "weights" / "last.pt"
-        if state.get("key") == key and state.get("status") == "running" and last.is_file():
-            found.append(state_file.parent)
-    if not found:
-        log.info("finetune: nothing to resume for these inputs; starting fresh")
-        return None
-    return max(found, key=lambda p: (p / STATE_FILE).stat().st_mtime)
-
-
-def write_state(folder: Path, key: str, status: str) -> None:
-    (folder / STATE_FILE).write_text(json.dumps({"key": key, "status": status}))

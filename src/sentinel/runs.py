@@ -24,6 +24,25 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def write_state(folder: Path, stage: str, key: str, status: str, **extra: str) -> None:
+    """`<stage>_state.json`: which inputs a long job in this folder works on, and whether it finished."""
+    write_json_atomic(folder / f"{stage}_state.json", {"key": key, "status": status, **extra})
+
+
+def newest_unfinished(stage: str, key: str, exclude: Path | None = None, needs: str = "") -> Path | None:
+    """The newest run folder under outputs/ whose `stage` job on these inputs started and did not finish
+    (and, if `needs` is given, left that file behind to resume from)."""
+    found = []
+    for state_file in Path("outputs").resolve().glob(f"*/*/{stage}_state.json"):
+        state = json.loads(state_file.read_text())
+        folder = state_file.parent
+        if state.get("key") != key or state.get("status") == "done" or folder == exclude:
+            continue
+        if not needs or (folder / needs).is_file():
+            found.append(folder)
+    return max(found, key=lambda p: (p / f"{stage}_state.json").stat().st_mtime) if found else None
+
+
 def record_result(stage: str, key: str, run_dir: Path, data_dir: Path, payload: dict[str, Any]) -> None:
     entry = {"stage": stage, "key": key, "run_dir": str(run_dir), **payload}
     write_json_atomic(run_dir / f"{stage}_result.json", entry)

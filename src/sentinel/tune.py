@@ -14,7 +14,6 @@ one after another), takes no cluster address, shuts Ray down and records no best
 
 from __future__ import annotations
 
-import json
 import logging
 import socket
 from dataclasses import dataclass
@@ -26,13 +25,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from sentinel.errors import ConfigError, SentinelError
 from sentinel.fingerprint import stable_hash
+from sentinel.runs import newest_unfinished, write_state
 from sentinel.ultra import check_weights_available, fixed_training_args
 from sentinel.validate import param_specs
 
 log = logging.getLogger(__name__)
 
 RAY_DIR = "ray_tune"  # Ray's experiment folder inside the run folder
-STATE_FILE = "tune_state.json"
 # Training arguments a search space must not touch: they belong to Sentinel or to Ray, not to the search.
 NOT_TUNABLE = frozenset(
     {
@@ -259,15 +258,10 @@ def find_resumable(cfg: DictConfig, fingerprint: str, run_dir: Path) -> Path | N
         if not (folder / RAY_DIR).is_dir():
             raise ConfigError("tune.resume", f"{folder} holds no tune run ({RAY_DIR}/ missing)", "give a run folder")
         return folder
-    candidates = []
-    for state_file in Path("outputs").resolve().glob(f"*/*/{STATE_FILE}"):
-        state = json.loads(state_file.read_text())
-        if state.get("fingerprint") == fingerprint and state.get("status") != "done" and state_file.parent != run_dir:
-            candidates.append(state_file.parent)
-    if not candidates:
+    folder = newest_unfinished("tune", fingerprint, exclude=run_dir, needs=RAY_DIR)
+    if folder is None:
         log.info("tune: nothing to resume for these inputs; starting a new search")
-        return None
-    return max(candidates, key=lambda p: (p / STATE_FILE).stat().st_mtime)
+    return folder
 
 
 def tune(cfg: DictConfig, run_dir: Path, skip_if_done: bool = False) -> TuneResult:
@@ -295,7 +289,7 @@ def tune(cfg: DictConfig, run_dir: Path, skip_if_done: bool = False) -> TuneResu
     resume_from = find_resumable(cfg, fingerprint, run_dir)
     started_ray = connect_ray(cfg.hardware)
     experiment = (resume_from or run_dir) / RAY_DIR
-    write_state(run_dir, fingerprint, "running", resume_from)
+    write_state(run_dir, "tune", fingerprint, "running", resumed_from=str(resume_from or ""))
     try:
         trainable = ray_tune.with_resources(
             ray_tune.with_parameters(train_trial, setup=trial_setup(cfg, merged.dataset_yaml)),
@@ -347,15 +341,10 @@ def tune(cfg: DictConfig, run_dir: Path, skip_if_done: bool = False) -> TuneResu
             import ray
 
             ray.shutdown()
-    write_state(run_dir, fingerprint, "done", resume_from)
+    write_state(run_dir, "tune", fingerprint, "done", resumed_from=str(resume_from or ""))
     if resume_from is not None:
-        write_state(resume_from, fingerprint, "done", None)
+        write_state(resume_from, "tune", fingerprint, "done")
     return result
-
-
-def write_state(folder: Path, fingerprint: str, status: str, resumed_from: Path | None) -> None:
-    state = {"fingerprint": fingerprint, "status": status, "resumed_from": str(resumed_from or "")}
-    (folder / STATE_FILE).write_text(json.dumps(state, indent=2))
 
 
 def load_best_hparams(folder: Path) -> dict[str, Any]:
