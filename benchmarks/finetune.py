@@ -6,25 +6,11 @@ Usage: python benchmarks/finetune.py [--epochs 20] [--runs 3] [--workdir /tmp/se
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import shutil
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "YOLO_OFFLINE": "1"}
-
-
-def timed(command: list[str], cwd: Path) -> float:
-    started = time.perf_counter()
-    result = subprocess.run(command, cwd=cwd, env=ENV, capture_output=True, text=True)
-    if result.returncode != 0:
-        sys.exit(f"failed: {' '.join(command)}\n{result.stderr[-3000:]}")
-    return time.perf_counter() - started
+from _common import REPO, prepare_demo, run_timed
 
 
 def main() -> None:
@@ -33,19 +19,12 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/sentinel-finetune-bench"))
     args = parser.parse_args()
-    shutil.rmtree(args.workdir, ignore_errors=True)
-    args.workdir.mkdir(parents=True)
-    common = [f"data_dir={args.workdir}/data", "experiment=demo", "model.imgsz=64", "merge.samples_grid=0"]
-    timed(
-        [sys.executable, str(REPO / "train.py"), "mode=prep", *common, f"hydra.run.dir={args.workdir}/prep"],
-        args.workdir,
-    )
-    data = json.loads((args.workdir / "prep" / "prep_result.json").read_text())["dataset_yaml"]
+    common, data = prepare_demo(args.workdir)
     yolo = str(Path(sys.executable).parent / "yolo")
     ours, theirs = [], []
     for run in range(args.runs):
         ours.append(
-            timed(
+            run_timed(
                 [
                     sys.executable,
                     str(REPO / "train.py"),
@@ -59,7 +38,7 @@ def main() -> None:
             )
         )
         theirs.append(
-            timed(
+            run_timed(
                 [
                     yolo,
                     "detect",
@@ -79,6 +58,7 @@ def main() -> None:
                 args.workdir,
             )
         )
+    ours, theirs = [seconds for seconds, _ in ours], [seconds for seconds, _ in theirs]
     o, t = statistics.median(ours), statistics.median(theirs)
     print(f"demo data, YOLOv8n untrained, 64 px, {args.epochs} epochs, {args.runs} alternating runs each")
     print(f"yolo detect train:        median {t:.1f} s  {[round(x, 1) for x in theirs]}")

@@ -10,16 +10,12 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
-import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "YOLO_OFFLINE": "1"}
+from _common import REPO, prepare_demo, run_timed
+
 METRIC = "metrics/mAP50-95(B)"
 
 ULTRALYTICS = """
@@ -37,31 +33,15 @@ print("BEST=" + json.dumps(float(best)))
 """
 
 
-def run(command: list[str], cwd: Path) -> tuple[float, str]:
-    started = time.perf_counter()
-    result = subprocess.run(command, cwd=cwd, env=ENV, capture_output=True, text=True)
-    elapsed = time.perf_counter() - started
-    if result.returncode != 0:
-        sys.exit(f"failed: {' '.join(command)}\n{result.stderr[-3000:]}")
-    return elapsed, result.stdout
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--trials", type=int, default=4)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/sentinel-tune-bench"))
     args = parser.parse_args()
-    shutil.rmtree(args.workdir, ignore_errors=True)
-    args.workdir.mkdir(parents=True)
-    common = [f"data_dir={args.workdir}/data", "experiment=demo", "model.imgsz=64", "merge.samples_grid=0"]
-    run(
-        [sys.executable, str(REPO / "train.py"), "mode=prep", *common, f"hydra.run.dir={args.workdir}/prep"],
-        args.workdir,
-    )
-    data = json.loads((args.workdir / "prep" / "prep_result.json").read_text())["dataset_yaml"]
+    common, data = prepare_demo(args.workdir)
 
-    ours, _ = run(
+    ours, _ = run_timed(
         [
             sys.executable,
             str(REPO / "train.py"),
@@ -78,7 +58,7 @@ def main() -> None:
         ],
         args.workdir,
     )
-    theirs, out = run(
+    theirs, out = run_timed(
         [
             sys.executable,
             "-c",
