@@ -11,8 +11,9 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from sentinel.fingerprint import stable_hash
 from sentinel.merge import MergeResult, merge_sources
 from sentinel.sources import fetch_source
 
@@ -32,10 +33,20 @@ def data_dir_of(cfg: DictConfig) -> Path:
     return Path(cfg.data_dir).expanduser().resolve()
 
 
+# One merged dataset per process and dataset config: in mode=all every stage asks for it, and all stages
+# of a run must use the dataset the run started with, even if a source changes on disk meanwhile.
+_PREPARED: dict[str, MergeResult] = {}
+
+
 def prepare_dataset(cfg: DictConfig) -> MergeResult:
+    """The merged dataset for cfg.datasets/cfg.merge: built, or found in the cache, once per process."""
     data_dir = data_dir_of(cfg)
-    sources = [fetch_source(name, source_cfg, data_dir) for name, source_cfg in cfg.datasets.items()]
-    return merge_sources(sources, cfg.merge, data_dir)
+    dataset_cfg = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("datasets", "merge")}
+    key = stable_hash({**dataset_cfg, "data_dir": str(data_dir)})
+    if key not in _PREPARED:
+        sources = [fetch_source(name, source_cfg, data_dir) for name, source_cfg in cfg.datasets.items()]
+        _PREPARED[key] = merge_sources(sources, cfg.merge, data_dir)
+    return _PREPARED[key]
 
 
 def prep(cfg: DictConfig, run_dir: Path) -> PrepResult:
