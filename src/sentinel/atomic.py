@@ -26,10 +26,6 @@ def is_complete(folder: Path) -> bool:
     return (folder / COMPLETE_MARKER).is_file()
 
 
-def read_marker(folder: Path) -> dict[str, Any]:
-    return json.loads((folder / COMPLETE_MARKER).read_text())
-
-
 @contextmanager
 def target_lock(final: Path, timeout_s: float = 3600.0) -> Iterator[None]:
     """Hold an exclusive lock for building `final`; other processes wait here, then see the result."""

@@ -345,10 +345,3 @@ def tune(cfg: DictConfig, run_dir: Path, skip_if_done: bool = False) -> TuneResu
     if resume_from is not None:
         write_state(resume_from, "tune", fingerprint, "done")
     return result
-
-
-def load_best_hparams(folder: Path) -> dict[str, Any]:
-    path = folder / "best_hparams.yaml"
-    if not path.is_file():
-        raise SentinelError(f"{folder}: no best_hparams.yaml (was mode=tune finished there?)")
-    return yaml.safe_load(path.read_text()) or {}
