@@ -37,3 +37,4 @@ bench: setup
 	$(PY) benchmarks/prep.py
 	$(PY) benchmarks/tune.py
 	$(PY) benchmarks/finetune.py
+	$(PY) benchmarks/gpu_packing.py

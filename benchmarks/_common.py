@@ -32,3 +32,14 @@ def prepare_demo(workdir: Path) -> tuple[list[str], str]:
     common = [f"data_dir={workdir}/data", "experiment=demo", "model.imgsz=64", "merge.samples_grid=0"]
     run_timed([sys.executable, str(REPO / "train.py"), "mode=prep", *common, f"hydra.run.dir={workdir}/prep"], workdir)
     return common, json.loads((workdir / "prep" / "prep_result.json").read_text())["dataset_yaml"]
+
+
+def ultralytics_without_integrations(workdir: Path) -> None:
+    """Run every command with an Ultralytics settings file of the benchmark's own, with its MLflow callback off.
+
+    `yolo detect train` would otherwise log each run to MLflow (it switches itself on when mlflow is
+    installed), work Sentinel's side does not do unless asked; the user's own settings file is left alone.
+    """
+    ENV["YOLO_CONFIG_DIR"] = str(workdir / "ultralytics-settings")
+    code = "from ultralytics.utils import SETTINGS; SETTINGS.update({'mlflow': False})"
+    run_timed([sys.executable, "-c", code], workdir)

@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from _common import REPO, prepare_demo, run_timed
+from _common import REPO, prepare_demo, run_timed, ultralytics_without_integrations
 
 METRIC = "metrics/mAP50-95(B)"
 
@@ -40,6 +40,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/sentinel-tune-bench"))
     args = parser.parse_args()
     common, data = prepare_demo(args.workdir)
+    ultralytics_without_integrations(args.workdir)  # model.tune would also log every trial to MLflow
 
     ours, _ = run_timed(
         [

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import signal
+import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -18,11 +23,57 @@ from sentinel.schema import register_configs
 REPO = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO / "conf"
 
-# Offline and quiet: no network probes or telemetry from the libraries under test.
+# The environment is set here, when pytest loads this file and before any test module imports a library:
+# some read it once at import (FiftyOne's database folder, Roboflow's API_URL), and a module that imported
+# them first would otherwise see the user's settings. Offline and quiet: no network probes or telemetry.
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
+
+
+def _fiftyone_database_dir() -> Path:
+    """A database folder of this test session's own, never the user's.
+
+    It cannot be removed when the session ends: FiftyOne stops its mongod only at interpreter exit, after
+    every hook and atexit handler, and a mongod whose files vanish aborts and hangs the exit. So each session
+    removes the folders of earlier sessions whose process is gone.
+    """
+    for stale in Path(tempfile.gettempdir()).glob("sentinel-tests-fiftyone-*"):
+        pid = stale.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(stale, ignore_errors=True)
+    return Path(tempfile.gettempdir()) / f"sentinel-tests-fiftyone-{os.getpid()}"
+
+
+os.environ["FIFTYONE_DATABASE_DIR"] = str(_fiftyone_database_dir())
+os.environ.pop("API_URL", None)  # Roboflow tests point it at their local server, per test
+
+# A skip is a test that did not run. Only these reasons are expected on some machines; any other skip fails
+# the session (pytest would otherwise pass it quietly).
+EXPECTED_SKIP = "expected here: "
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`gpu` tests run only where CUDA is; elsewhere they are skipped with that reason."""
+    gpu_items = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu_items:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        for item in gpu_items:
+            item.add_marker(pytest.mark.skip(reason=f"{EXPECTED_SKIP}no CUDA device on this machine"))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = reporter.stats.get("skipped", []) if reporter else []
+    unexpected = [r for r in skipped if EXPECTED_SKIP not in str(getattr(r, "longrepr", ""))]
+    if unexpected:
+        for report in unexpected:
+            reporter.write_line(f"UNEXPECTED SKIP: {report.nodeid}: {report.longrepr}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture
@@ -53,6 +104,29 @@ def run_train(args: list[str], cwd: Path, env: dict[str, str] | None = None, tim
     )
 
 
+# The default local MLflow store (tracking=mlflow, with the lock taken while it is set up) lives beside the
+# run folders, under the launch folder.
+TRACKING_STORE = ("outputs/mlflow.db", "outputs/.mlflow.db.lock", "outputs/mlartifacts/")
+
+
+def outside_run_and_data(relative_path: str) -> bool:
+    """A path (relative to tmp_path) that mine_args' runs must leave alone: not the run folder, data_dir or
+    the tracking store."""
+    return relative_path.split("/")[0] not in ("run", "data") and not relative_path.startswith(TRACKING_STORE)
+
+
+def mine_args(tmp_path: Path) -> list[str]:
+    """Overrides that select a user's dataset `mine`, defined in tmp_path/conf/datasets/mine.yaml, and keep
+    the run folder (tmp_path/run) and data_dir (tmp_path/data) inside tmp_path."""
+    return [
+        f"hydra.searchpath=[file://{tmp_path / 'conf'}]",
+        "datasets=[mine]",
+        f"data_dir={tmp_path}/data",
+        f"hydra.run.dir={tmp_path}/run",
+        "merge.samples_grid=0",
+    ]
+
+
 def start_train(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
     """Start `python train.py ARGS` in its own process group, so a test can SIGKILL it and all it started."""
     return subprocess.Popen(
@@ -64,3 +138,30 @@ def start_train(args: list[str], cwd: Path, env: dict[str, str] | None = None) -
         stdin=subprocess.DEVNULL,
         start_new_session=True,
     )
+
+
+def free_port() -> int:
+    """A localhost port nothing listens on now (for a server the test starts, or one that must not answer)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def kill_process_tree(process: subprocess.Popen) -> int:
+    """SIGKILL a process started by start_train and every process it started (Ray's raylet, GCS and workers
+    included), by process id: never Ray's own stop command, which stops every Ray on the machine. Returns the
+    process's exit status (-SIGKILL when the kill is what ended it)."""
+    import psutil
+
+    try:
+        family = psutil.Process(process.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        family = []
+    os.killpg(process.pid, signal.SIGKILL)
+    for child in family:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()
+    status = process.wait()
+    _, alive = psutil.wait_procs(family, timeout=30)
+    assert not alive, f"still running after SIGKILL: {alive}"
+    return status

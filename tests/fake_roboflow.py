@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import json
 import threading
-import time
 import zipfile
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -38,7 +37,9 @@ class FakeRoboflow:
     key: str
     fail: dict[str, list[int]] = field(default_factory=dict)
     generating: bool = False
-    stall_s: float = 0.0  # pause halfway through the zip, to kill a download in flight
+    stall_s: float = 0.0  # pause halfway through the zip (until released), to kill a download in flight
+    half_sent: threading.Event = field(default_factory=threading.Event)  # half the zip is on the wire
+    release: threading.Event = field(default_factory=threading.Event)  # ends a stall early
     requests: list[tuple[str, str]] = field(default_factory=list)
     url: str = ""
 
@@ -109,7 +110,9 @@ class FakeRoboflow:
                     half = len(fake.zip_bytes) // 2
                     self.wfile.write(fake.zip_bytes[:half])
                     self.wfile.flush()
-                    time.sleep(fake.stall_s)
+                    fake.half_sent.set()
+                    if fake.stall_s:
+                        fake.release.wait(fake.stall_s)
                     self.wfile.write(fake.zip_bytes[half:])
                 elif (method, path) in routes:
                     self._send(200, routes[(method, path)])
@@ -132,8 +135,11 @@ class FakeRoboflow:
 
     def reset(self, zip_bytes: bytes) -> None:
         self.zip_bytes, self.fail, self.generating, self.stall_s = zip_bytes, {}, False, 0.0
+        self.half_sent.clear()
+        self.release.clear()
         self.requests.clear()
 
     def __exit__(self, *exc) -> None:
+        self.release.set()
         self._server.shutdown()
         self._server.server_close()

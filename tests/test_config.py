@@ -13,7 +13,7 @@ from conftest import CONF_DIR, REPO, run_train
 from sentinel.errors import ConfigError
 from sentinel.validate import validate
 
-GROUPS = ["datasets", "augmentation", "search_space", "hardware", "model", "experiment"]
+GROUPS = ["datasets", "augmentation", "search_space", "hardware", "model", "tracking", "experiment"]
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF_DIR / g).glob("*.yaml"))]
 
 
@@ -41,7 +41,7 @@ def test_notebook_preset_has_the_notebooks_settings(compose_cfg):
     assert set(cfg.datasets) == {"coco", "guns", "knife", "parcel"}
     assert len(cfg.search_space) == 22
     assert (cfg.model.epochs, cfg.model.patience, cfg.tune.epochs, cfg.tune.grace_period) == (500, 25, 25, 10)
-    assert cfg.hardware.gpu_per_trial == 2 and cfg.model.output_name == "sentinel_default_v2.pt"
+    assert cfg.hardware.gpu_per_trial == 1 and cfg.model.output_name == "sentinel_default_v2.pt"
 
 
 def test_default_augmentation_equals_ultralytics_defaults(compose_cfg):
@@ -89,6 +89,8 @@ VALUE_ERRORS = [
     ("loguniform_from_zero", ["search_space.lr0.dist=loguniform", "search_space.lr0.low=0"], "search_space.lr0.low"),
     ("grace_not_below_epochs", ["tune.epochs=3", "tune.grace_period=3"], "tune.grace_period"),
     ("uneven_gpu_fraction", ["hardware.gpu_per_trial=0.3"], "hardware.gpu_per_trial"),
+    ("two_gpus_per_trial", ["hardware.gpu_per_trial=2"], "hardware.gpu_per_trial"),
+    ("engine_on_cpu", ["export.formats=[engine]"], "export.formats"),
     ("unknown_search_alg", ["tune.search_alg=grid"], "tune.search_alg"),
     ("no_dataset", ["datasets=[]"], "datasets"),
     ("bad_weights", ["model.weights=yolov8n.onnx"], "model.weights"),
@@ -118,9 +120,10 @@ def test_missing_required_value_fails_naming_the_key(compose_cfg, tmp_path):
 
 CLI_ERRORS = [
     ("typo", ["datasets.guns.workspcae=x", "datasets=[guns]"], "workspcae"),
-    ("unknown_mode", ["mode=tunee"], "expected one of [prep, tune, finetune, export, evaluate, all, doctor]"),
+    ("unknown_mode", ["mode=tunee"], "expected one of [prep, tune, finetune, export, evaluate, all, doctor, compare]"),
     ("unknown_dataset_lists_options", ["datasets=[coco,cocoo]"], "Available options in 'datasets': coco, demo"),
     ("wrong_type", ["model.epochs=abc"], "model.epochs"),
+    ("cfg_with_multirun", ["-m", "model=yolov8n,yolov8s"], "Only one of --run, --multirun, --cfg"),
 ]
 
 
@@ -145,7 +148,7 @@ def test_malformed_yaml_names_file_and_line(tmp_path):
 
 
 STAGE_ERRORS = [
-    ("evaluate_with_nothing_to_evaluate", ["mode=evaluate"], "no finished finetune run found"),
+    ("evaluate_with_nothing_to_evaluate", ["mode=evaluate"], "no finished finetune run on this dataset found"),
     ("pretrained_weights_offline", ["mode=finetune", "model=yolov8n"], "use model=yolov8n_scratch"),
     (
         "hparams_from_nothing",
@@ -207,3 +210,19 @@ def test_run_folder_has_resolved_config_and_log_and_no_secret(tmp_path):
     leaks = [p for p in Path(tmp_path).rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
     assert leaks == []
     assert secret not in result.stdout + result.stderr
+
+
+def test_an_unexpected_skip_fails_the_session(tmp_path):
+    """conftest turns a skip without the expected-here reason into a failed run (CI must not pass it quietly)."""
+    (tmp_path / "conftest.py").write_text((REPO / "tests" / "conftest.py").read_text())
+    (tmp_path / "test_skips.py").write_text(
+        "import pytest\n"
+        "from conftest import EXPECTED_SKIP\n\n"
+        "def test_quietly_skipped():\n    pytest.skip('module imported too early')\n\n"
+        "def test_expected():\n    pytest.skip(EXPECTED_SKIP + 'no CUDA device on this machine')\n"
+    )
+    args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-c", "/dev/null", str(tmp_path)]
+    result = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 1, result.stdout[-2000:]
+    assert "UNEXPECTED SKIP: " in result.stdout and "test_quietly_skipped" in result.stdout
+    assert "UNEXPECTED SKIP: test_skips.py::test_expected" not in result.stdout

@@ -42,7 +42,16 @@ def test_label_file_counts_duplicates_and_keeps_line_numbers(tmp_path):
     assert [(p.line, p.reason) for p in parsed.problems] == [(3, "duplicate_box"), (4, "bad_class_id")]
 
 
-def test_binary_label_file_is_a_problem_not_a_crash(tmp_path):
+def test_undecodable_label_file_is_unreadable_not_a_crash(tmp_path):
     path = tmp_path / "a.txt"
-    path.write_bytes(b"\xff\xfe\x00garbage")
-    assert parse_label_file(path, 2).problems[0].reason == "unreadable_label"
+    path.write_bytes(b"0 0.5 0.5 0.2 0.2\n\xe9\x00garbage")
+    parsed = parse_label_file(path, 2)
+    assert parsed.unreadable.startswith("UnicodeDecodeError") and parsed.boxes == [] and parsed.problems == []
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-8-sig"])
+def test_label_files_with_a_byte_order_mark_are_decoded(tmp_path, encoding):
+    path = tmp_path / "a.txt"
+    path.write_bytes("0 0.5 0.5 0.2 0.2\r\n1 0.1 0.1 0.1 0.1\r\n".encode(encoding))
+    parsed = parse_label_file(path, 2)
+    assert not parsed.unreadable and [box[0] for box in parsed.boxes] == [0, 1]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -16,6 +15,7 @@ from omegaconf import OmegaConf
 
 from builders import jpeg_bytes, make_source, png_bytes, tree_digest
 from sentinel.errors import ConfigError, SentinelError
+from sentinel.faults import KILL_ENV
 from sentinel.merge import merge_sources
 from sentinel.schema import MergeConfig
 from sentinel.sources.yolo_dir import read_source
@@ -166,7 +166,24 @@ def test_every_skip_is_counted_by_source_split_and_reason(messy_source, tmp_path
         result.folder / "images" / "train" / "messy__no_eoi.jpg", messy_source / "images" / "train" / "no_eoi.jpg"
     )
     assert report["placement"] == {"hardlink": 5, "copy": 1}
-    assert "prep_report.md" in os.listdir(result.folder / "report")
+    assert report["totals"] == {
+        "inputs": 9,
+        "kept": 6,
+        "skipped_images": 3,
+        "skipped_label_lines": 6,
+        "boxes": 4,
+    }
+    markdown = (result.folder / "report" / "prep_report.md").read_text()
+    assert "6 of 9 images kept, 4 boxes; 3 images and 6 label lines skipped." in markdown
+    for row in (
+        "| messy | train | undecodable_image | 1 |",
+        "| messy | train | empty_image_file | 1 |",
+        "| messy | val | leak_of_train_image | 1 |",
+        "| messy | train | bad_class_id | 1 |",
+        "| messy | train | wrong_field_count | 1 |",
+        "| messy | train | no_label_file_kept_as_background | 1 |",
+    ):
+        assert row in markdown, row
 
 
 def test_skip_image_policy_drops_the_whole_image(messy_source, tmp_path):
@@ -229,25 +246,29 @@ merge_sources([read_source("big", Path(sys.argv[1]))], OmegaConf.structured(Merg
 """
 
 
+KILL_POINTS = [("merge.batch", 1), ("merge.batch", 7), ("merge.batch", 20), ("atomic.before_rename", 1)]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", range(5))
-def test_kill_during_build_leaves_nothing_half_built_and_rerun_completes(tmp_path, seed):
-    delay = random.Random(seed).uniform(0.0, 1.0)  # a different moment of the build for each seed
+@pytest.mark.parametrize(("point", "count"), KILL_POINTS, ids=[f"{p}:{n}" for p, n in KILL_POINTS])
+def test_kill_during_build_leaves_nothing_half_built_and_rerun_completes(tmp_path, point, count):
+    # The build kills itself at a chosen point (sentinel.faults): early, middle and late batches of 25, and
+    # after everything is written but before the rename. No sleep decides the moment.
     source = make_source(tmp_path / "src" / "big", ["a"], {"train": files(1500, 7), "val": files(50, 8)})
     data_dir = tmp_path / "d"
-    process = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(source), str(data_dir)])
-    deadline = time.time() + 60
-    while not list((data_dir / "merged").glob(".tmp-*")) and time.time() < deadline and process.poll() is None:
-        time.sleep(0.01)
-    time.sleep(delay)
-    process.send_signal(signal.SIGKILL)
-    assert process.wait() == -signal.SIGKILL  # it was still working when killed
+    process = subprocess.run(
+        [sys.executable, "-c", KILL_SCRIPT, str(source), str(data_dir)],
+        env={**os.environ, KILL_ENV: f"{point}:{count}"},
+        timeout=300,
+    )
+    assert process.returncode == -signal.SIGKILL  # it died at that point, by the signal
+    assert list((data_dir / "merged").glob(".tmp-*"))  # and left its temporary folder behind
     for folder in (data_dir / "merged").glob("[!.]*"):  # whatever is in place must be complete
         assert (folder / ".sentinel-complete.json").is_file() and (folder / "dataset.yaml").is_file()
 
     resumed = merge_sources([read_source("big", source)], merge_cfg(), data_dir)
     clean = merge_sources([read_source("big", source)], merge_cfg(), tmp_path / "clean")
-    assert resumed.fingerprint == clean.fingerprint
+    assert not resumed.cache_hit and resumed.fingerprint == clean.fingerprint
     assert merged_labels(resumed) == merged_labels(clean)
     assert sorted(os.listdir(resumed.folder / "images" / "train")) == sorted(
         os.listdir(clean.folder / "images" / "train")

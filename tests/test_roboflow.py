@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import yaml
@@ -29,11 +28,6 @@ WS, PROJECT, VERSION = "liteye-systems", "weapon-classification", 2
 @pytest.fixture(scope="session")
 def server():
     with FakeRoboflow(WS, PROJECT, VERSION, b"", KEY) as fake:
-        os.environ["API_URL"] = fake.url
-        import roboflow.config
-
-        if fake.url != roboflow.config.API_URL:  # roboflow was imported earlier with another URL
-            pytest.skip("roboflow was imported before the fake server's API_URL was set")
         yield fake
 
 
@@ -50,6 +44,9 @@ def fake(server, tmp_path, monkeypatch):
     )
     server.reset(zip_folder(export))
     monkeypatch.setenv("ROBOFLOW_API_KEY", KEY)
+    # The SDK reads API_URL when it is imported; it is imported in the download's own process, which
+    # inherits this environment, so no import order in this test process matters.
+    monkeypatch.setenv("API_URL", server.url)
     return server
 
 
@@ -129,12 +126,16 @@ def test_corrupt_zip_is_an_error_and_leaves_no_cache(fake, tmp_path):
     assert not is_complete(source_folder(tmp_path / "data", "guns", rf_cfg()))
 
 
-def test_version_that_never_finishes_generating_times_out(fake, tmp_path):
+@pytest.mark.timeout(60)  # a hang fails here instead of holding the suite
+def test_version_that_never_finishes_generating_times_out_and_stops_polling(fake, tmp_path):
+    import psutil
+
     fake.generating = True
-    started = time.monotonic()
+    before = set(psutil.Process().children(recursive=True))  # e.g. FiftyOne's mongod, started by other tests
     with pytest.raises(SentinelError, match="no complete download after 2 s"):
         fetch_source("guns", rf_cfg(timeout_s=2), tmp_path / "data")
-    assert time.monotonic() - started < 10
+    # The polling download was stopped, not left running.
+    assert set(psutil.Process().children(recursive=True)) <= before
 
 
 KILL_SCRIPT = """
@@ -150,16 +151,13 @@ fetch_source("guns", cfg, Path(sys.argv[3]))
 
 @pytest.mark.slow
 def test_download_killed_in_flight_is_never_taken_for_complete(fake, tmp_path):
-    fake.stall_s = 30
+    fake.stall_s = 120
     data_dir = tmp_path / "data"
-    env = {**os.environ, "API_URL": fake.url}
-    process = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, WS, PROJECT, str(data_dir)], env=env)
-    deadline = time.time() + 60
-    while not any(p[1].startswith("/files/") for p in fake.requests) and time.time() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.3)
-    process.send_signal(signal.SIGKILL)
+    process = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, WS, PROJECT, str(data_dir)], start_new_session=True)
+    assert fake.half_sent.wait(120), "the download never reached the zip"  # half the zip is on its way
+    os.killpg(process.pid, signal.SIGKILL)  # the prep and its download child, mid-zip
     assert process.wait() == -signal.SIGKILL
+    fake.release.set()
     folder = source_folder(data_dir, "guns", rf_cfg())
     assert not is_complete(folder)
 

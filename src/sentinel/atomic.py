@@ -18,6 +18,8 @@ from typing import Any
 
 from filelock import FileLock
 
+from sentinel.faults import kill_point
+
 COMPLETE_MARKER = ".sentinel-complete.json"
 
 
@@ -47,6 +49,7 @@ def atomic_build(final: Path, marker: dict[str, Any] | None = None) -> Iterator[
         yield tmp
         (tmp / COMPLETE_MARKER).write_text(json.dumps(marker or {}, indent=2, sort_keys=True))
         _fsync_dir(tmp)
+        kill_point("atomic.before_rename")
         if final.exists():
             old = final.parent / f".old-{final.name}-{uuid.uuid4().hex[:8]}"
             os.rename(final, old)

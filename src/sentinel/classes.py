@@ -38,9 +38,18 @@ class ClassMap:
 
 def build_class_map(source_names: dict[str, list[str]], merge: DictConfig) -> ClassMap:
     """Merge the sources' class lists by name, applying `merge.aliases`, `include`, `exclude`, `classes`."""
-    aliases = {normalise(k): normalise(v) for k, v in merge.aliases.items()}
+    given = {normalise(k): normalise(v) for k, v in merge.aliases.items()}
+    aliases = resolve_aliases(given)
     include = {normalise(n) for n in merge.include}
     exclude = {normalise(n) for n in merge.exclude}
+    source_classes = {normalise(n) for names in source_names.values() for n in names}
+    unknown_aliases = sorted(set(given) - source_classes - set(given.values()))
+    if unknown_aliases:
+        raise ConfigError(
+            "merge.aliases",
+            f"{unknown_aliases} are in no selected dataset",
+            f"alias names the datasets have: {sorted(source_classes)}",
+        )
 
     def canonical(name: str) -> str:
         return aliases.get(normalise(name), normalise(name))
@@ -68,6 +77,24 @@ def build_class_map(source_names: dict[str, list[str]], merge: DictConfig) -> Cl
         origins={n: origins[n] for n in final},
         excluded={n: origins[n] for n in available if n not in index},
     )
+
+
+def resolve_aliases(aliases: dict[str, str]) -> dict[str, str]:
+    """Follow chains to their end (knife → blade → weapon: knife → weapon); a cycle is an error.
+
+    One step only would leave knife as `blade`, and {gun: knife, knife: gun} would silently swap classes.
+    """
+    resolved = {}
+    for start in aliases:
+        path, name = [start], aliases[start]
+        while name in aliases and name != path[-1]:
+            if name in path:
+                cycle = " → ".join([*path[path.index(name) :], name])
+                raise ConfigError("merge.aliases", f"the aliases form a cycle ({cycle})", "make each chain end")
+            path.append(name)
+            name = aliases[name]
+        resolved[start] = name
+    return {k: v for k, v in resolved.items() if k != v}
 
 
 def _ordered(kept: list[str], explicit: list[str], available: list[str]) -> list[str]:

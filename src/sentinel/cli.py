@@ -16,7 +16,10 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from sentinel.redaction import ROBOFLOW_KEY_ENV
+
 FULL_ERROR_ENV = "HYDRA_FULL_ERROR"
+SECRET_NAME = re.compile(r"(api_?key|token|secret|password)$", re.IGNORECASE)
 _MISSING_OPTION = re.compile(r"Could not (?:load|find) '([\w/.-]+)/([\w.-]+)'")
 
 
@@ -28,6 +31,14 @@ def user_wants_full_error() -> bool:
 def run_cli(main: Callable[[], None], conf_dir: Path, argv: list[str] | None = None) -> None:
     """Call `main()`; on a start-up error print one clear message and exit 1."""
     argv = sys.argv[1:] if argv is None else argv
+    secret = secret_override(argv)
+    if secret:
+        print(
+            f"error: '{secret}' on the command line would be written in plain text into the run folder "
+            f"(.hydra/, config_resolved.yaml). Fix: remove it and export {ROBOFLOW_KEY_ENV}=<your key> instead",
+            file=sys.stderr,
+        )
+        sys.exit(1)
     os.environ["SENTINEL_USER_FULL_ERROR"] = "1" if user_wants_full_error() else "0"
     os.environ[FULL_ERROR_ENV] = "1"
     try:
@@ -38,6 +49,15 @@ def run_cli(main: Callable[[], None], conf_dir: Path, argv: list[str] | None = N
         print(describe_startup_error(error, config_dirs(conf_dir, argv)), file=sys.stderr)
         print("Set HYDRA_FULL_ERROR=1 for a complete stack trace.", file=sys.stderr)
         sys.exit(1)
+
+
+def secret_override(argv: list[str]) -> str:
+    """The key of the first override that sets a secret (`+datasets.guns.api_key=...`), else ''."""
+    for arg in argv:
+        key = arg.split("=", 1)[0].lstrip("+~") if "=" in arg else ""
+        if key and SECRET_NAME.search(key.rsplit(".", 1)[-1]):
+            return key
+    return ""
 
 
 def describe_startup_error(error: BaseException, dirs: list[Path]) -> str:
@@ -56,9 +76,9 @@ def describe_startup_error(error: BaseException, dirs: list[Path]) -> str:
     if isinstance(error, CompactHydraException):
         cause = error.__cause__
         return message + (f"\n{cause}" if isinstance(cause, OmegaConfBaseException) else "")
-    import traceback
-
-    return "".join(traceback.format_exception(error)).rstrip()
+    # Anything else Hydra raised while reading the command line (e.g. "Only one of --run, --multirun, --cfg
+    # ... can be specified"): its message is the useful part; the traceback is Hydra's internals.
+    return f"{type(error).__name__}: {message}"
 
 
 def describe_yaml_error(dirs: list[Path]) -> str:

@@ -14,9 +14,12 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from sentinel.errors import SentinelError
+from sentinel.errors import ConfigError, SentinelError
 from sentinel.prep import data_dir_of
+from sentinel.raycluster import NodeReport
 from sentinel.redaction import ROBOFLOW_KEY_ENV
+from sentinel.runs import write_text_atomic
+from sentinel.ultra import check_device, cuda_device_count
 
 PACKAGES = (
     "hydra-core",
@@ -31,6 +34,7 @@ PACKAGES = (
     "pymongo",
     "opencv-python",
     "optuna",
+    "mlflow",
 )
 MIN_FREE_GIB = 1.0
 
@@ -58,12 +62,14 @@ def doctor(cfg: DictConfig, run_dir: Path) -> DoctorResult:
         torch_check(str(cfg.hardware.device)),
         mongodb_check(cfg, needed="coco" in types),
         ray_check(cfg.hardware),
+        *cluster_node_checks(cfg.hardware, data_dir_of(cfg), run_dir),
         roboflow_key_check(needed="roboflow" in types),
+        tracking_check(cfg.tracking),
         disk_check("data_dir", data_dir_of(cfg)),
         disk_check("outputs", run_dir),
     ]
     table = render(checks)
-    (run_dir / "doctor.md").write_text(table)
+    write_text_atomic(run_dir / "doctor.md", table)
     print(table)
     problems = [c for c in checks if c.needed and not c.ok]
     if problems:
@@ -97,16 +103,13 @@ def torch_check(device: str) -> Check:
         import torch
     except ImportError:
         return Check("torch / CUDA", False, "torch missing", "make setup")
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    count = cuda_device_count()
     names = ", ".join(torch.cuda.get_device_name(i) for i in range(count)) or "no CUDA device"
-    wanted = [d for d in device.replace(" ", "").split(",") if d.isdigit()]
-    if wanted and max(int(d) for d in wanted) >= count:
-        return Check(
-            "torch / CUDA",
-            False,
-            f"torch {torch.__version__}; {names}",
-            f"hardware.device={device} needs {max(int(d) for d in wanted) + 1} GPU(s): use hardware=cpu",
-        )
+    try:
+        check_device(device)
+    except ConfigError as error:
+        fix = str(error).split("Fix: ", 1)[-1]
+        return Check("torch / CUDA", False, f"torch {torch.__version__}; {names}", f"hardware.device={device}: {fix}")
     return Check("torch / CUDA", True, f"torch {torch.__version__}; {count} CUDA device(s): {names}")
 
 
@@ -134,9 +137,25 @@ def mongodb_check(cfg: DictConfig, needed: bool) -> Check:
     )
 
 
+def tracking_check(tracking: DictConfig) -> Check:
+    """Every run logs to the tracking store: a server that does not answer stops every mode at start-up."""
+    from sentinel.tracking import LOCAL_STORE, check_reachable
+
+    if tracking.backend == "none":
+        return Check("tracking", True, "tracking=none: nothing recorded outside the run folder", needed=False)
+    if not tracking.uri.strip():
+        return Check("tracking", True, f"MLflow, local store {LOCAL_STORE} (no server needed)")
+    try:
+        check_reachable(tracking.uri, tracking.timeout_s)
+    except SentinelError as error:
+        fix = "start the server, fix tracking.uri, or use tracking=none"
+        return Check("tracking", False, str(error).split(". Fix")[0], fix)
+    return Check("tracking", True, f"MLflow server at {tracking.uri} answers")
+
+
 def ray_check(hw: DictConfig, needed: bool = True) -> Check:
     """Tuning and Ray sweeps need it; a configured ray_address means the user means to use that cluster."""
-    from sentinel.tune import check_ray_address
+    from sentinel.raycluster import check_ray_address
 
     address = hw.ray_address.strip()
     if address:
@@ -148,6 +167,16 @@ def ray_check(hw: DictConfig, needed: bool = True) -> Check:
             )
         return Check("Ray", True, f"cluster at {address} answers", needed=needed)
     cpus = hw.num_cpus or os.cpu_count() or 1
+    gpus = hw.num_gpus if hw.num_gpus is not None else cuda_device_count()
+    if hw.gpu_per_trial > gpus:
+        return Check(
+            "Ray",
+            False,
+            f"local Ray with {gpus} GPU(s)",
+            f"hardware.gpu_per_trial={hw.gpu_per_trial} but there are {gpus} GPU(s): no trial could start; "
+            "use hardware=cpu",
+            needed,
+        )
     if hw.cpu_per_trial > cpus:
         return Check(
             "Ray",
@@ -158,6 +187,43 @@ def ray_check(hw: DictConfig, needed: bool = True) -> Check:
         )
     per_round = min(hw.max_concurrent_trials, int(cpus // hw.cpu_per_trial))
     return Check("Ray", True, f"local Ray with {cpus} CPUs: {per_round} trial(s) at once", needed=needed)
+
+
+def cluster_node_checks(hw: DictConfig, data_dir: Path, run_dir: Path) -> list[Check]:
+    """On a cluster, one row per alive node: its CPUs and GPUs, whether it has this machine's merged datasets
+    (a copy is not needed with dataset_sync) and whether it can write the run folder (Ray Tune's storage)."""
+    from sentinel.raycluster import check_ray_address, connect_ray, node_reports
+
+    if not hw.ray_address.strip():
+        return []
+    try:
+        check_ray_address(hw.ray_address.strip())
+    except SentinelError:
+        return []  # ray_check reports it
+    import ray
+
+    started = connect_ray(hw)
+    try:
+        reports = node_reports(data_dir, run_dir)
+    except SentinelError as error:
+        return [Check("Ray nodes", False, str(error).split(". Fix")[0], "check the cluster's health (ray status)")]
+    finally:
+        if started:
+            ray.shutdown()
+    return [node_check(report, bool(hw.dataset_sync)) for report in reports]
+
+
+def node_check(report: NodeReport, dataset_sync: bool) -> Check:
+    problems, fixes = [], []
+    if report.missing and not dataset_sync:
+        problems.append(f"lacks merged dataset(s) {', '.join(report.missing)}")
+        fixes.append("mount data_dir on this node at the same path, or set hardware.dataset_sync=true")
+    if report.run_dir_problem:
+        problems.append(report.run_dir_problem)
+        fixes.append("mount the outputs folder on this node at the same path")
+    copied = f"; dataset_sync will copy {len(report.missing)} dataset(s)" if report.missing and dataset_sync else ""
+    detail = report.resources + ("; " + "; ".join(problems) if problems else "; sees the data and the run folder")
+    return Check(f"Ray node {report.name}", not problems, detail + copied, "; ".join(fixes))
 
 
 def roboflow_key_check(needed: bool) -> Check:

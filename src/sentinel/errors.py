@@ -16,3 +16,9 @@ class ConfigError(SentinelError):
         if fix:
             message += f". Fix: {fix}"
         super().__init__(message)
+
+
+class Interrupted(SentinelError):
+    """A stage stopped before it finished (Ctrl-C, SIGTERM): it stays resumable and is never recorded as done."""
+
+    exit_code = 130  # what a shell reports for a process ended by SIGINT

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,11 +13,23 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig
 
+from sentinel.errors import ConfigError
 from sentinel.export import resolve_weights, weights_key
 from sentinel.fingerprint import stable_hash
 from sentinel.prep import data_dir_of, prepare_dataset
-from sentinel.runs import link_or_copy, lookup_result, record_result, resolve_result
-from sentinel.ultra import load_yolo, provide_offline_font, ultralytics_device
+from sentinel.runs import (
+    claim_run_folder,
+    copy_file_atomic,
+    link_or_copy,
+    lookup_result,
+    read_json,
+    record_result,
+    resolve_result,
+    write_text_atomic,
+)
+from sentinel.sources.yolo_dir import class_names_of
+from sentinel.tracking import active
+from sentinel.ultra import check_device, load_yolo, provide_offline_font, ultralytics_device
 
 log = logging.getLogger(__name__)
 
@@ -34,16 +45,22 @@ class EvaluateResult:
 
 
 def evaluate(cfg: DictConfig, run_dir: Path, weights: Path | None = None, skip_if_done: bool = False) -> EvaluateResult:
+    check_device(cfg.hardware.device)
     merged = prepare_dataset(cfg)
-    weights = weights or resolve_weights(cfg.evaluate.weights, "evaluate.weights")
+    data_dir = data_dir_of(cfg)
+    weights = weights or resolve_weights(
+        cfg.evaluate.weights, "evaluate.weights", data_dir, merged.fingerprint, class_names_of(merged.dataset_yaml)
+    )
     split, note = choose_split(merged.dataset_yaml, cfg.evaluate.split)
     key = stable_hash({**weights_key(weights), "dataset": merged.fingerprint, "split": split, "imgsz": cfg.model.imgsz})
-    data_dir = data_dir_of(cfg)
     if skip_if_done and (done := lookup_result("evaluate", key, data_dir, needed=("metrics_json",))):
         for name in ("metrics.json", "metrics.md"):
             link_or_copy(Path(done["run_dir"]) / name, run_dir / name)
         log.info("evaluate: skipped, done in %s", done["run_dir"])
-        return EvaluateResult(json.loads((run_dir / "metrics.json").read_text()), run_dir / "metrics.json", True)
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        active().log_metrics(tracked_metrics(metrics))
+        return EvaluateResult(metrics, run_dir / "metrics.json", True)
+    claim_run_folder(run_dir, "evaluate", key)
 
     provide_offline_font()
     results = load_yolo(weights).val(
@@ -61,22 +78,41 @@ def evaluate(cfg: DictConfig, run_dir: Path, weights: Path | None = None, skip_i
     )
     metrics = metrics_table(results, split, note, str(weights))
     if cfg.evaluate.compare_to:
-        add_comparison(metrics, cfg.evaluate.compare_to)
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    (run_dir / "metrics.md").write_text(metrics_markdown(metrics))
+        add_comparison(metrics, cfg.evaluate.compare_to, data_dir, merged.fingerprint)
+    write_text_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=2))
+    write_text_atomic(run_dir / "metrics.md", metrics_markdown(metrics))
     for name in PLOTS:
         if (Path(results.save_dir) / name).is_file():
-            shutil.copyfile(Path(results.save_dir) / name, run_dir / name)
+            copy_file_atomic(Path(results.save_dir) / name, run_dir / name)
     print(metrics_markdown(metrics))
-    record_result("evaluate", key, run_dir, data_dir, {"metrics_json": str(run_dir / "metrics.json")})
+    active().log_metrics(tracked_metrics(metrics))
+    record_result(
+        "evaluate",
+        key,
+        run_dir,
+        data_dir,
+        {"metrics_json": str(run_dir / "metrics.json"), "dataset": merged.fingerprint, "weights": str(weights)},
+    )
     return EvaluateResult(metrics, run_dir / "metrics.json")
 
 
+def tracked_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """The means and the per-class table under names that say the split: `test/map50`, `test/gun/recall`."""
+    split = metrics["split"]
+    flat = {f"{split}/{name}": value for name, value in metrics["means"].items()}
+    for row in metrics["classes"]:
+        flat.update({f"{split}/{row['class']}/{k}": v for k, v in row.items() if k != "class"})
+    return flat
+
+
 def choose_split(dataset_yaml: Path, wanted: str) -> tuple[str, str]:
+    """`test` falls back to val (and says so) when the dataset has none; any other name must exist."""
     data = yaml.safe_load(dataset_yaml.read_text())
     if wanted in data:
         return wanted, ""
-    return "val", f"the dataset has no {wanted} split; evaluated on val instead"
+    if wanted == "test":
+        return "val", "the dataset has no test split; evaluated on val instead"
+    raise ConfigError("evaluate.split", f"the dataset has no {wanted!r} split", "use test, val or train")
 
 
 def metrics_table(results: Any, split: str, note: str, weights: str) -> dict[str, Any]:
@@ -106,10 +142,10 @@ def metrics_table(results: Any, split: str, note: str, weights: str) -> dict[str
     return {"split": split, "note": note, "weights": weights, "classes": classes, "means": means}
 
 
-def add_comparison(metrics: dict[str, Any], compare_to: str) -> None:
-    earlier = json.loads(
-        Path(resolve_result(compare_to, "evaluate", "evaluate.compare_to")["metrics_json"]).read_text()
-    )
+def add_comparison(metrics: dict[str, Any], compare_to: str, data_dir: Path, dataset: str) -> None:
+    """Differences against an earlier evaluation (`latest`: the newest on this dataset), per class and in the means."""
+    entry = resolve_result(compare_to, "evaluate", "evaluate.compare_to", data_dir, match={"dataset": dataset})
+    earlier = read_json(Path(entry["metrics_json"]), "metrics.json")
     metrics["compared_to"] = earlier.get("weights", "")
     metrics["means_diff"] = {k: metrics["means"][k] - earlier["means"].get(k, 0.0) for k in MEANS}
     before = {row["class"]: row for row in earlier["classes"]}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,8 +14,10 @@ from omegaconf import DictConfig
 
 from sentinel.errors import ConfigError, SentinelError
 from sentinel.fingerprint import stable_hash
+from sentinel.model_card import copy_model_card
 from sentinel.prep import data_dir_of, prepare_dataset
-from sentinel.runs import link_or_copy, lookup_result, record_result, resolve_result
+from sentinel.runs import claim_run_folder, link_or_copy, lookup_result, record_result, resolve_result
+from sentinel.sources.yolo_dir import class_names_of
 from sentinel.ultra import load_yolo
 
 log = logging.getLogger(__name__)
@@ -39,16 +42,35 @@ class ExportResult:
     skipped: bool = False
 
 
-def resolve_weights(value: str, key: str) -> Path:
-    """latest → the newest fine-tune's weights; a finetune run folder; or a .pt file."""
+def resolve_weights(value: str, key: str, data_dir: Path, dataset: str, names: list[str]) -> Path:
+    """latest → the newest fine-tune's weights on this dataset; a finetune run folder; or a .pt file.
+
+    Weights trained on another class list are refused: evaluating them here would silently drop classes.
+    """
     if value.endswith(".pt"):
         path = Path(value).expanduser().resolve()
         if not path.is_file():
             raise ConfigError(
                 key, f"{path} does not exist", "give an existing .pt file, a finetune run folder or latest"
             )
-        return path
-    return Path(resolve_result(value, "finetune", key)["weights"])
+    else:
+        entry = resolve_result(value, "finetune", key, data_dir, match={"dataset": dataset})
+        path = Path(entry["weights"])
+        if not path.is_file():
+            raise ConfigError(key, f"{path}, the weights of that fine-tune, are missing", "fine-tune again")
+    check_class_names(path, names, key)
+    return path
+
+
+def check_class_names(weights: Path, names: list[str], key: str) -> None:
+    """Refuse weights whose classes (in order) are not the dataset's."""
+    model_names = list(load_yolo(weights).names.values())
+    if [str(n) for n in model_names] != [str(n) for n in names]:
+        raise ConfigError(
+            key,
+            f"{weights} was trained on classes {model_names} but the selected dataset has {names}",
+            "give weights trained on these datasets and merge settings, or select the datasets they were trained on",
+        )
 
 
 def check_formats(formats: list[str]) -> None:
@@ -73,44 +95,64 @@ def weights_key(weights: Path) -> dict[str, object]:
 def export(cfg: DictConfig, run_dir: Path, weights: Path | None = None, skip_if_done: bool = False) -> ExportResult:
     formats = list(cfg.export.formats)
     check_formats(formats)
-    weights = weights or resolve_weights(cfg.export.weights, "export.weights")
-    key = stable_hash({**weights_key(weights), "formats": formats, "imgsz": cfg.model.imgsz})
     data_dir = data_dir_of(cfg)
+    merged = prepare_dataset(cfg)
+    names = class_names_of(merged.dataset_yaml)
+    weights = weights or resolve_weights(cfg.export.weights, "export.weights", data_dir, merged.fingerprint, names)
+    device = export_device(cfg.hardware.device)
+    key = stable_hash({**weights_key(weights), "formats": formats, "imgsz": cfg.model.imgsz, "device": device})
     if skip_if_done and (done := lookup_result("export", key, data_dir)):
         earlier = {fmt: Path(path) for fmt, path in done["files"].items()}
         if all(p.is_file() for p in earlier.values()):
             files = {fmt: run_dir / "export" / p.name for fmt, p in earlier.items()}
             for fmt, path in earlier.items():
                 link_or_copy(path, files[fmt])
+            copy_model_card(weights.parent, run_dir / "export")
             log.info("export: skipped, done in %s", done["run_dir"])
             return ExportResult(files, skipped=True)
+    claim_run_folder(run_dir, "export", key)
     folder = run_dir / "export"
     local = folder / weights.name
     link_or_copy(weights, local)  # Ultralytics writes exports next to the weights: keep them in this run
-    sample = _sample_image(cfg)
+    sample = _sample_image(merged.folder)
     files: dict[str, Path] = {}
+    # Ultralytics' TorchScript export and its check call torch.jit.trace/load, which torch 2.14 marks
+    # deprecated with a FutureWarning on every call; it is Ultralytics' choice, not the user's to act on.
+    warnings.filterwarnings("ignore", message=r"`torch\.jit\.", category=FutureWarning)
     for fmt in formats:
-        path = Path(load_yolo(local).export(format=fmt, imgsz=cfg.model.imgsz, device="cpu", verbose=False))
-        _check_loads_and_predicts(path, sample, cfg.model.imgsz)
+        path = Path(load_yolo(local).export(format=fmt, imgsz=cfg.model.imgsz, device=device, verbose=False))
+        _check_loads_and_predicts(path, sample, cfg.model.imgsz, device)
         files[fmt] = path
         log.info("export: %s → %s (loaded back and predicted)", fmt, path)
-    record_result("export", key, run_dir, data_dir, {"files": {k: str(v) for k, v in files.items()}})
+    copy_model_card(weights.parent, folder)
+    record_result(
+        "export",
+        key,
+        run_dir,
+        data_dir,
+        {"files": {k: str(v) for k, v in files.items()}, "dataset": merged.fingerprint, "weights": str(weights)},
+    )
     return ExportResult(files)
 
 
-def _sample_image(cfg: DictConfig) -> Path:
-    merged = prepare_dataset(cfg)
-    images = sorted((merged.folder / "images" / "val").iterdir())
+def export_device(device: str) -> str:
+    """Where exports are built and checked: `hardware.device`, its first GPU when it lists several (an
+    export is one model on one device; TensorRT builds its engine for the GPU it runs on)."""
+    return str(device).replace(" ", "").split(",")[0] or "cpu"
+
+
+def _sample_image(folder: Path) -> Path:
+    images = sorted((folder / "images" / "val").iterdir())
     if not images:
-        raise SentinelError(f"export: no validation image in {merged.folder} to check the exports with")
+        raise SentinelError(f"export: no validation image in {folder} to check the exports with")
     return images[0]
 
 
-def _check_loads_and_predicts(path: Path, image: Path, imgsz: int) -> None:
+def _check_loads_and_predicts(path: Path, image: Path, imgsz: int, device: str) -> None:
     from ultralytics import YOLO
 
     try:
-        results = YOLO(str(path), task="detect").predict(str(image), imgsz=imgsz, device="cpu", verbose=False)
+        results = YOLO(str(path), task="detect").predict(str(image), imgsz=imgsz, device=device, verbose=False)
     except Exception as error:  # any failure to load or run the exported file means the export is unusable
         raise SentinelError(f"export: {path} was written but does not load and predict ({error})") from None
     if len(results) != 1:

@@ -18,11 +18,25 @@ from omegaconf import DictConfig
 
 from sentinel.errors import SentinelError
 from sentinel.fingerprint import stable_hash
+from sentinel.model_card import copy_model_card, read_training, write_model_card
 from sentinel.prep import data_dir_of, prepare_dataset
-from sentinel.runs import link_or_copy, lookup_result, newest_unfinished, record_result, resolve_result, write_state
-from sentinel.tune import EpochReporter
+from sentinel.runs import (
+    claim_run_folder,
+    copy_file_atomic,
+    link_or_copy,
+    lookup_result,
+    newest_unfinished,
+    record_result,
+    resolve_result,
+    write_state,
+    write_text_atomic,
+)
+from sentinel.tracking import active, link_resumed_run
 from sentinel.ultra import (
+    atomic_checkpoint_trainer,
+    check_device,
     check_weights_available,
+    drop_builtin_integrations,
     fixed_training_args,
     load_yolo,
     provide_offline_font,
@@ -31,7 +45,9 @@ from sentinel.ultra import (
 
 log = logging.getLogger(__name__)
 
+CONSOLE_METRICS = ("train/box_loss", "val/box_loss", "metrics/mAP50(B)", "metrics/mAP50-95(B)")  # one line per epoch
 LAST = "finetune/weights/last.pt"  # where Ultralytics keeps the checkpoint a killed run resumes from
+ARGS_FILE = "finetune_args.yaml"  # exactly what a fine-tune used (the model card reads it)
 
 
 @dataclass(frozen=True)
@@ -41,23 +57,34 @@ class FinetuneResult:
     hparams: dict[str, Any]
     skipped: bool = False
     resumed_from: Path | None = None
+    hparams_from: str = ""
+    args_file: Path | None = None  # finetune_args.yaml of the run that trained the weights
 
 
 def choose_hparams(cfg: DictConfig, dataset: str, from_run: Path | None = None) -> tuple[dict[str, Any], str]:
     """Tuned values to use and where they came from: this run's tune (mode=all), finetune.hparams_from, or none."""
     if from_run is not None:
         path = from_run / "best_hparams.yaml"
-        return yaml.safe_load(path.read_text()) or {}, str(path)
+        return read_hparams(path), str(path)
     wanted = cfg.finetune.hparams_from.strip()
     if not wanted:
         return {}, ""
-    entry = resolve_result(
-        wanted, "tune", "finetune.hparams_from", match={"dataset": dataset} if wanted == "latest" else None
-    )
+    entry = resolve_result(wanted, "tune", "finetune.hparams_from", data_dir_of(cfg), match={"dataset": dataset})
     path = Path(entry["best_hparams"])
     if not path.is_file():
         raise SentinelError(f"{path}: best_hparams.yaml of that tune run is missing")
-    return yaml.safe_load(path.read_text()) or {}, str(path)
+    return read_hparams(path), str(path)
+
+
+def read_hparams(path: Path) -> dict[str, Any]:
+    """best_hparams.yaml of a tune run: a mapping of training arguments, or a clear error naming the file."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise SentinelError(f"{path}: cannot read it ({type(error).__name__}). Fix: run mode=tune again") from None
+    if not isinstance(data, dict) or not data:
+        raise SentinelError(f"{path}: empty or not a mapping of training arguments. Fix: run mode=tune again")
+    return data
 
 
 def training_args(cfg: DictConfig, hparams: dict[str, Any]) -> dict[str, Any]:
@@ -82,6 +109,7 @@ def finetune(
 ) -> FinetuneResult:
     """Fine-tune and save the final weights in the run folder (or reuse a finished identical run)."""
     check_weights_available(cfg.model.weights)
+    check_device(cfg.hardware.device)
     merged = prepare_dataset(cfg)
     hparams, source = choose_hparams(cfg, merged.fingerprint, hparams_run)
     args = training_args(cfg, hparams)
@@ -89,10 +117,14 @@ def finetune(
     target = run_dir / cfg.model.output_name
     data_dir = data_dir_of(cfg)
     if skip_if_done and (done := lookup_result("finetune", key, data_dir, needed=("weights",))):
-        link_or_copy(Path(done["weights"]), target)
+        link_or_copy(Path(done["weights"]), target)  # a no-op when it is this run folder's own file
+        copy_model_card(Path(done["weights"]).parent, target.parent)
         log.info("finetune: skipped, done in %s", done["run_dir"])
-        return FinetuneResult(target, run_dir, hparams, skipped=True)
-    (run_dir / "finetune_args.yaml").write_text(
+        earlier_args = Path(done["run_dir"]) / ARGS_FILE
+        return FinetuneResult(target, run_dir, hparams, skipped=True, args_file=earlier_args)
+    claim_run_folder(run_dir, "finetune", key)
+    write_text_atomic(
+        run_dir / ARGS_FILE,
         yaml.safe_dump(
             {
                 "hparams_from": source,
@@ -103,17 +135,23 @@ def finetune(
                 "args": args,
             },
             sort_keys=False,
-        )
+        ),
     )
-    resume_from = newest_unfinished("finetune", key, exclude=run_dir, needs=LAST) if cfg.finetune.resume else None
+    resume_from = (
+        newest_unfinished("finetune", key, data_dir, exclude=run_dir, needs=LAST) if cfg.finetune.resume else None
+    )
     if cfg.finetune.resume and resume_from is None:
         log.info("finetune: nothing to resume for these inputs; starting fresh")
-    write_state(run_dir, "finetune", key, "running")
-    best = train(cfg, merged.dataset_yaml, args, run_dir, resume_from)
-    link_or_copy(best, target)
-    write_state(run_dir, "finetune", key, "done")
+    write_state(run_dir, "finetune", key, "running", data_dir)
+    active().set_tags({"sentinel.hparams_from": source})
     if resume_from is not None:
-        write_state(resume_from, "finetune", key, "done")
+        link_resumed_run("finetune", resume_from)
+    best = train(cfg, merged.dataset_yaml, args, run_dir, resume_from)
+    copy_file_atomic(best, target)
+    write_model_card(cfg, target.parent, target, read_training(run_dir / ARGS_FILE))
+    write_state(run_dir, "finetune", key, "done", data_dir)
+    if resume_from is not None:
+        write_state(resume_from, "finetune", key, "done", data_dir, continued_in=str(run_dir))
     record_result(
         "finetune",
         key,
@@ -122,7 +160,9 @@ def finetune(
         {"weights": str(target), "dataset": merged.fingerprint, "hparams_from": source},
     )
     log.info("finetune: weights saved to %s", target)
-    return FinetuneResult(target, run_dir, hparams, resumed_from=resume_from)
+    return FinetuneResult(
+        target, run_dir, hparams, resumed_from=resume_from, hparams_from=source, args_file=run_dir / ARGS_FILE
+    )
 
 
 def train(cfg: DictConfig, data_yaml: Path, args: dict[str, Any], run_dir: Path, resume_from: Path | None) -> Path:
@@ -131,13 +171,12 @@ def train(cfg: DictConfig, data_yaml: Path, args: dict[str, Any], run_dir: Path,
     if resume_from is not None:
         last = resume_from / LAST
         log.info("finetune: resuming %s", last)
-        model = load_yolo(last)
-        model.add_callback("on_pretrain_routine_start", EpochReporter.drop_builtin_raytune)
-        model.train(resume=True)
+        model = with_sentinel_callbacks(load_yolo(last))
+        model.train(resume=True, trainer=atomic_checkpoint_trainer())
     else:
-        model = load_yolo(cfg.model.weights)
-        model.add_callback("on_pretrain_routine_start", EpochReporter.drop_builtin_raytune)
+        model = with_sentinel_callbacks(load_yolo(cfg.model.weights))
         model.train(
+            trainer=atomic_checkpoint_trainer(),
             data=str(data_yaml),
             epochs=cfg.model.epochs,
             device=ultralytics_device(cfg.hardware.device),
@@ -152,3 +191,39 @@ def train(cfg: DictConfig, data_yaml: Path, args: dict[str, Any], run_dir: Path,
     if not best.is_file():
         raise SentinelError(f"finetune: Ultralytics saved no weights in {weights}")
     return best
+
+
+def with_sentinel_callbacks(model: Any) -> Any:
+    """Ultralytics' own tracker callbacks out, Sentinel's per-epoch logging in."""
+    model.add_callback("on_pretrain_routine_start", drop_builtin_integrations)
+    EpochLogger().attach(model)
+    return model
+
+
+class EpochLogger:
+    """Ultralytics callbacks: each epoch's losses, learning rates and validation metrics to the run's tracker.
+
+    Ultralytics also fires on_fit_epoch_end once after training, for its final validation of best.pt
+    (trainer.final_eval, at step epochs+1); those are logged as `best/...`, not as one more epoch.
+    """
+
+    def __init__(self) -> None:
+        self.trained = False
+
+    def on_train_epoch_end(self, trainer: Any) -> None:
+        self.trained = True
+
+    def on_fit_epoch_end(self, trainer: Any) -> None:
+        if not self.trained:
+            active().log_metrics({f"best/{k}": v for k, v in trainer.metrics.items()})
+            return
+        self.trained = False
+        losses = trainer.label_loss_items(trainer.tloss, prefix="train")
+        metrics = {**losses, **trainer.lr, **trainer.metrics}
+        active().log_metrics(metrics, step=trainer.epoch + 1)
+        shown = ", ".join(f"{k} {float(metrics[k]):.4f}" for k in CONSOLE_METRICS if k in metrics)
+        log.info("finetune: epoch %d/%d: %s", trainer.epoch + 1, trainer.epochs, shown)
+
+    def attach(self, model: Any) -> None:
+        model.add_callback("on_train_epoch_end", self.on_train_epoch_end)
+        model.add_callback("on_fit_epoch_end", self.on_fit_epoch_end)

@@ -27,16 +27,17 @@ class LabelParse:
     boxes: list[Box] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     polygons: int = 0  # segmentation lines turned into their bounding box
+    unreadable: str = ""  # why the file could not be read or decoded; then boxes and problems are empty
 
 
 def parse_label_file(path: str | Path, num_classes: int) -> LabelParse:
     """Read `path` and validate each line against a source with `num_classes` classes."""
     result = LabelParse()
     try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read()
+        with open(path, "rb") as handle:
+            text = decode_label_bytes(handle.read())
     except (OSError, UnicodeDecodeError) as error:
-        result.problems.append(Problem(0, "unreadable_label", f"{type(error).__name__}: {error}"))
+        result.unreadable = f"{type(error).__name__}: {error}"
         return result
     seen: set[Box] = set()
     for number, raw in enumerate(text.splitlines(), start=1):
@@ -52,6 +53,13 @@ def parse_label_file(path: str | Path, num_classes: int) -> LabelParse:
             result.boxes.append(box)
             result.polygons += polygon
     return result
+
+
+def decode_label_bytes(data: bytes) -> str:
+    """UTF-8, with or without a BOM, or UTF-16 with its BOM (PowerShell's `>` writes that)."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return data.decode("utf-16")
+    return data.decode("utf-8-sig")
 
 
 def parse_line(raw: str, number: int, num_classes: int) -> tuple[Box, None, bool] | tuple[None, Problem, bool]:

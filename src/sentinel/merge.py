@@ -27,15 +27,16 @@ from omegaconf import DictConfig, OmegaConf
 from sentinel.atomic import atomic_build, is_complete, target_lock
 from sentinel.classes import ClassMap, build_class_map
 from sentinel.errors import SentinelError
+from sentinel.faults import kill_point
 from sentinel.fingerprint import stable_hash
 from sentinel.images import ImageCheck, check_image
 from sentinel.labels import LabelParse, format_box, parse_label_file
 from sentinel.report import write_report
-from sentinel.sources.yolo_dir import SPLITS, SourceData, label_path_for, scan_images, scan_label_files
+from sentinel.sources.yolo_dir import SPLITS, FileStat, SourceData, label_path_for, scan_images, scan_label_files
 
 log = logging.getLogger(__name__)
 
-MERGE_VERSION = 1  # bump when the output format changes, so old caches are not reused
+MERGE_VERSION = 2  # bump when the output format changes, so old caches are not reused
 FINGERPRINT_KEYS = (
     "aliases",
     "include",
@@ -57,8 +58,8 @@ class Item:
     split: str
     image: str  # absolute paths as strings: prep handles tens of thousands, pathlib is too slow here
     label: str
-    label_stat: tuple[int, int] | None  # (size, mtime_ns), None when there is no label file
-    image_stat: tuple[int, int]
+    label_stat: FileStat | None  # None when there is no label file
+    image_stat: FileStat
     out_stem: str
     num_classes: int
 
@@ -73,6 +74,33 @@ class Plan:
     orphan_labels: dict[str, Counter[str]]  # source → split → label files with no image
     orphan_examples: list[str]
     missing_splits: dict[str, list[str]]
+
+
+class PrepFailed(SentinelError):
+    """No usable dataset came out of the merge; carries the report so that it is written all the same."""
+
+    def __init__(self, message: str, report: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+def why_no_images(split: str, plan: Plan, report: dict[str, Any]) -> str:
+    """Name the cause when a split ends up empty: no input at all, or the reasons its inputs were skipped."""
+    inputs = sum(1 for item in plan.items if item.split == split)
+    if inputs == 0:
+        missing = sorted(source for source, splits in plan.missing_splits.items() if split in splits)
+        return (
+            f"prep: no {split} images: no selected dataset has a {split} split whose path exists "
+            f"(missing in: {', '.join(missing) or 'all'}). Fix: check the `{split}:` path in their data.yaml"
+        )
+    reasons: Counter[str] = Counter()
+    for by_split in report["skipped_images"].values():
+        reasons.update(by_split.get(split, {}))
+    detail = ", ".join(f"{reason} {count}" for reason, count in reasons.most_common())
+    fix = "Fix: see prep_report.md in the run folder"
+    if reasons and reasons.most_common(1)[0][0] == "leak_of_train_image":
+        fix = f"Fix: give a {split} split with images not in train, or set merge.drop_leaks=false"
+    return f"prep: all {inputs} {split} images were skipped ({detail}). {fix}"
 
 
 @dataclass
@@ -174,12 +202,12 @@ def merge_fingerprint(sources: list[SourceData], plan: Plan, merge: DictConfig) 
     )
 
 
-def _stat(path: str) -> tuple[int, int] | None:
+def _stat(path: str) -> FileStat | None:
     try:
         st = os.stat(path)
     except OSError:
         return None
-    return (st.st_size, st.st_mtime_ns)
+    return (st.st_size, st.st_mtime_ns, st.st_mode)
 
 
 def _unique_stem(stem: str, split: str, used: set[tuple[str, str]]) -> str:
@@ -259,18 +287,17 @@ def build_merged(plan: Plan, class_map: ClassMap, merge: DictConfig, out: Path, 
         kept = [k for k in kept if id(k) not in leaked]
     for k in kept:
         _count(k, class_map, tally)
-    if not any(k.item.split == "train" for k in kept):
-        raise SentinelError("prep: no training images left after validation. Check the report's skipped counts")
-    if not any(k.item.split == "val" for k in kept):
-        raise SentinelError("prep: no validation images (no source has a usable val split). Fix: add one")
+    link_counts = Counter(k.placement for k in kept)
+    copied_bytes = sum(k.image.size_bytes for k in kept if k.placement == "copy")
+    report = _report(plan, class_map, tally, duplicates, leaks, link_counts, copied_bytes, merge, final)
+    for split in ("train", "val"):
+        if not any(k.item.split == split for k in kept):
+            raise PrepFailed(why_no_images(split, plan, report), report)
     splits = sorted({k.item.split for k in kept}, key=SPLITS.index)
     for split in {item.split for item in plan.items} - set(splits):
         (out / "images" / split).rmdir()
         (out / "labels" / split).rmdir()
     _write_dataset_yaml(out, final, class_map.names, splits)
-    link_counts = Counter(k.placement for k in kept)
-    copied_bytes = sum(k.image.size_bytes for k in kept if k.placement == "copy")
-    report = _report(plan, class_map, tally, duplicates, leaks, link_counts, copied_bytes, merge, final)
     samples = [
         (out / "images" / k.item.split / k.item.out_image_name, k.lines) for k in kept if k.item.split == "train"
     ]
@@ -308,6 +335,7 @@ def _process_batch(items: list[Item], class_map: ClassMap, merge: DictConfig, ou
         k.placement = place_file(item.image, target, "copy" if k.image.must_copy else merge.link)
         write_label(os.path.join(out, "labels", item.split, f"{item.out_stem}.txt"), k.lines)
         kept.append(k)
+    kill_point("merge.batch")
     return kept, tally
 
 
@@ -341,6 +369,15 @@ def _keep(checked: Checked, class_map: ClassMap, merge: DictConfig, tally: Tally
             return None
         tally.notes[(*key, "no_label_file_kept_as_background")] += 1
         return Kept(item, checked.image, [], [])
+    if checked.labels.unreadable:  # never a silent background: its boxes exist, we just cannot read them
+        if merge.on_bad_label == "fail":
+            raise SentinelError(
+                f"{item.label}: cannot read this label file ({checked.labels.unreadable}). Fix its permissions or "
+                "encoding (UTF-8 or UTF-16), or set merge.on_bad_label=skip_image to skip such images"
+            )
+        tally.skipped_images[(*key, "unreadable_label_file")] += 1
+        tally.example(f"{item.label}: unreadable_label_file ({checked.labels.unreadable})")
+        return None
     mapping = class_map.per_source[item.source]
     problems = checked.labels.problems
     if problems:

@@ -14,7 +14,11 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from sentinel.errors import ConfigError, Interrupted
+from sentinel.merge import PrepFailed
+from sentinel.runs import write_text_atomic
 from sentinel.schema import Mode
+from sentinel.tracking import LOCAL_STORE, Tracker, start_tracking, stop_tracking
 from sentinel.validate import validate
 
 log = logging.getLogger(__name__)
@@ -56,6 +60,12 @@ def run_doctor(cfg: DictConfig, run_dir: Path) -> Any:
     return doctor(cfg, run_dir)
 
 
+def run_compare(cfg: DictConfig, run_dir: Path) -> Any:
+    from sentinel.compare import compare
+
+    return compare(cfg, run_dir, launch_dir())
+
+
 STAGES: dict[Mode, Callable[[DictConfig, Path], Any]] = {
     Mode.doctor: run_doctor,
     Mode.prep: run_prep,
@@ -63,6 +73,7 @@ STAGES: dict[Mode, Callable[[DictConfig, Path], Any]] = {
     Mode.finetune: run_finetune,
     Mode.export: run_export,
     Mode.evaluate: run_evaluate,
+    Mode.compare: run_compare,
 }
 
 
@@ -71,6 +82,7 @@ def run_all(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     from sentinel.evaluate import evaluate
     from sentinel.export import export
     from sentinel.finetune import finetune
+    from sentinel.model_card import copy_model_card, read_training, write_model_card
     from sentinel.tune import tune
 
     results: dict[str, Any] = {"prep": run_prep(cfg, run_dir)}
@@ -79,6 +91,9 @@ def run_all(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     weights = results["finetune"].weights
     results["export"] = export(cfg, run_dir, weights=weights, skip_if_done=True)
     results["evaluate"] = evaluate(cfg, run_dir, weights=weights, skip_if_done=True)
+    card = read_training(results["finetune"].args_file) if results["finetune"].args_file else {}
+    write_model_card(cfg, weights.parent, weights, card, results["evaluate"].metrics)  # now with its scores
+    copy_model_card(weights.parent, run_dir / "export")
     return results
 
 
@@ -86,12 +101,76 @@ def run_mode(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Validate the config, save it resolved in the run folder, and run the selected mode."""
     validate(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    write_text_atomic(run_dir / "config_resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     mode = Mode(cfg.mode)
     log.info("mode=%s, run folder %s", mode.value, run_dir)
-    results = run_all(cfg, run_dir) if mode is Mode.all else {mode.value: STAGES[mode](cfg, run_dir)}
+    tracker = open_tracking(cfg, run_dir, mode)
+    try:
+        results = run_all(cfg, run_dir) if mode is Mode.all else {mode.value: STAGES[mode](cfg, run_dir)}
+    except PrepFailed as failed:  # what was skipped, and why, is worth most when nothing was left
+        from sentinel.report import write_report
+
+        write_report(failed.report, run_dir, [], failed.report["classes"]["names"], 0)
+        end_tracking(tracker, run_dir, "FAILED")
+        raise PrepFailed(f"{failed} (report: {run_dir / 'prep_report.md'})", failed.report) from None
+    except (KeyboardInterrupt, Interrupted):
+        end_tracking(tracker, run_dir, "KILLED")
+        raise
+    except BaseException:
+        end_tracking(tracker, run_dir, "FAILED")
+        raise
+    record_results(cfg, tracker, run_dir, results)
+    stop_tracking("FINISHED")
     print(summary(run_dir, results))
+    if tracker.run_id:
+        print(f"  {'tracking:':<10}MLflow run {tracker.run_id} ({tracking_hint(cfg)})")
     return results
+
+
+def open_tracking(cfg: DictConfig, run_dir: Path, mode: Mode) -> Tracker:
+    """This run's tracker. An unreachable server fails here, before any work, except in mode=doctor,
+    whose job is to report it next to every other problem."""
+    try:
+        return start_tracking(cfg, run_dir, launch_dir())
+    except ConfigError as error:
+        if mode is not Mode.doctor:
+            raise
+        log.warning("doctor: not recorded in the tracking store: %s", error)
+        return Tracker()
+
+
+def end_tracking(tracker: Tracker, run_dir: Path, status: str) -> None:
+    """A run that did not finish: what its folder holds (reports, logs) still goes to the tracker."""
+    tracker.log_run_folder(run_dir)
+    stop_tracking(status)
+
+
+def launch_dir() -> Path:
+    """Where train.py was launched: relative paths (data_dir, outputs/) are relative to it."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return Path(HydraConfig.get().runtime.cwd) if HydraConfig.initialized() else Path.cwd()
+
+
+def record_results(cfg: DictConfig, tracker: Tracker, run_dir: Path, results: dict[str, Any]) -> None:
+    """The run folder as artefacts, and fine-tuned weights as a new registered model version."""
+    tracker.log_run_folder(run_dir)
+    finetuned = results.get("finetune")
+    if finetuned is None or finetuned.skipped or not cfg.tracking.register_model:
+        return  # weights reused from an earlier run were registered by that run
+    from sentinel.prep import prepare_dataset  # this run's dataset: in memory since the stage used it
+
+    tags: dict[str, Any] = {"dataset": prepare_dataset(cfg).fingerprint, "hparams_from": finetuned.hparams_from}
+    if "evaluate" in results:
+        tags.update({f"test.{k}": round(v, 4) for k, v in results["evaluate"].metrics["means"].items()})
+    artifact = finetuned.weights.relative_to(run_dir).as_posix()  # log_run_folder keeps the folder's layout
+    tracker.register_model(Path(cfg.model.output_name).stem, artifact, tags)
+
+
+def tracking_hint(cfg: DictConfig) -> str:
+    if cfg.tracking.uri.strip():
+        return f"open {cfg.tracking.uri}"
+    return f"see it with: mlflow ui --backend-store-uri sqlite:///{launch_dir() / LOCAL_STORE}"
 
 
 def summary(run_dir: Path, results: dict[str, Any]) -> str:
@@ -116,4 +195,8 @@ def summary(run_dir: Path, results: dict[str, Any]) -> str:
     if "evaluate" in results:
         means = results["evaluate"].metrics["means"]
         add("evaluate", f"mAP50-95 {means['map50-95']:.4f}, mAP50 {means['map50']:.4f}; {run_dir / 'metrics.md'}")
+    if "compare" in results:
+        compared = results["compare"]
+        add("compare", f"{len(compared.runs)} runs, differing keys: {', '.join(compared.differing) or 'none'}")
+        lines.append(f"{'':<12}{compared.report}, {run_dir / 'compare.html'}, {run_dir / 'compare.png'}")
     return "\n".join(lines)

@@ -12,7 +12,8 @@ import re
 
 ROBOFLOW_KEY_ENV = "ROBOFLOW_API_KEY"
 _SECRET_NAME = re.compile(r"(API_KEY|TOKEN|SECRET|PASSWORD)$", re.IGNORECASE)
-_KEY_IN_URL = re.compile(r"(api_key=)[^&\s'\"]+", re.IGNORECASE)
+# Only as a URL query parameter: "export ROBOFLOW_API_KEY=<your key>" in a hint is not a secret.
+_KEY_IN_URL = re.compile(r"([?&]api_key=)[^&\s'\"]+", re.IGNORECASE)
 MASK = "***"
 
 

@@ -8,6 +8,8 @@ import random
 from pathlib import Path
 from typing import Any
 
+from sentinel.runs import save_figure_atomic, write_atomic, write_text_atomic
+
 PALETTE = [
     (230, 25, 75),
     (60, 180, 75),
@@ -26,8 +28,8 @@ def write_report(
     report: dict[str, Any], folder: Path, samples: list[tuple[Path, list[str]]], names: list[str], grid: int
 ) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "prep_report.json").write_text(json.dumps(report, indent=2, sort_keys=False))
-    (folder / "prep_report.md").write_text(summary_markdown(report))
+    write_text_atomic(folder / "prep_report.json", json.dumps(report, indent=2, sort_keys=False))
+    write_text_atomic(folder / "prep_report.md", summary_markdown(report))
     plot_class_distribution(report, names, folder / "class_distribution.png")
     if grid > 0 and samples:
         draw_samples(samples, names, grid, folder / "samples.png")
@@ -117,8 +119,7 @@ def plot_class_distribution(report: dict[str, Any], names: list[str], path: Path
     ax.legend()
     plt.setp(ax.get_xticklabels(), rotation=30, ha="right")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure_atomic(fig, path)
 
 
 def draw_samples(
@@ -148,4 +149,17 @@ def draw_samples(
             draw.rectangle(box, outline=colour, width=2)
             draw.text((box[0] + 2, box[1] + 1), names[cid], fill=colour)
         sheet.paste(img, ((index % cols) * tile, (index // cols) * tile))
-    sheet.save(path)
+    write_atomic(path, lambda tmp: sheet.save(tmp, format="PNG"))
+
+
+def draw_samples_from_dataset(folder: Path, count: int, path: Path) -> None:
+    """samples.png from a finished merged dataset (its train images and the labels written for them)."""
+    from sentinel.sources.yolo_dir import class_names_of
+
+    names = class_names_of(folder / "dataset.yaml")
+    samples = []
+    for image in sorted((folder / "images" / "train").iterdir()):
+        label = folder / "labels" / "train" / f"{image.stem}.txt"
+        samples.append((image, label.read_text().splitlines() if label.is_file() else []))
+    if samples:
+        draw_samples(samples, names, count, path)

@@ -2,43 +2,133 @@
 
 Every stage that finishes records `<stage>_result.json` in its run folder and an entry in
 data_dir/stages/<stage>/<key>.json, where the key hashes the stage's inputs. mode=all looks the key up
-before running a stage, so a rerun after a crash skips what is already done for the same inputs.
+before running a stage, so a rerun after a crash skips what is already done for the same inputs, and
+`latest` is the newest such entry on the same dataset. Long jobs also keep `<stage>_state.json` (running,
+interrupted or done), listed under data_dir/stages/<stage>/runs/, which is what `resume` looks for.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from sentinel.atomic import target_lock
-from sentinel.errors import ConfigError
+from sentinel.errors import ConfigError, SentinelError
+from sentinel.fingerprint import stable_hash
+
+log = logging.getLogger(__name__)
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     """Write to a temporary sibling and rename: readers see the old file or the new one, never half."""
+    write_text_atomic(path, json.dumps(data, indent=2, default=str))
+
+
+def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """`write(tmp)` to a temporary sibling of `path`, then rename it onto `path`: a crash or a full disk
+    leaves the previous file whole, and readers never see half of one."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
-def write_state(folder: Path, stage: str, key: str, status: str, **extra: str) -> None:
-    """`<stage>_state.json`: which inputs a long job in this folder works on, and whether it finished."""
+def write_text_atomic(path: Path, text: str) -> None:
+    """`path.write_text(text)`, but a crash or a full disk leaves the previous file whole."""
+    write_atomic(path, lambda tmp: tmp.write_text(text))
+
+
+def save_figure_atomic(fig: Any, path: Path, dpi: int = 100) -> None:
+    """`fig.savefig(path)` through a temporary sibling (format from the suffix); closes the figure."""
+    import matplotlib.pyplot as plt
+
+    try:
+        write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".") or "png"))
+    finally:
+        plt.close(fig)
+
+
+def read_json(path: Path, what: str) -> dict[str, Any]:
+    """A JSON file Sentinel wrote earlier; an empty or corrupt one is a clear error naming it."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise SentinelError(
+            f"{path}: cannot read this {what} ({type(error).__name__}: {error}). Fix: delete that run folder's "
+            "file (or the whole run folder) and run again, or give another run folder"
+        ) from None
+    if not isinstance(data, dict):
+        raise SentinelError(f"{path}: this {what} is not a JSON object. Fix: delete it and run again")
+    return data
+
+
+def _read_json_or_none(path: Path) -> dict[str, Any] | None:
+    """For scans over many runs: an unreadable entry is skipped (and logged), not fatal."""
+    try:
+        return read_json(path, "record")
+    except SentinelError as error:
+        log.warning("skipping %s", error)
+        return None
+
+
+def _runs_index(data_dir: Path, stage: str) -> Path:
+    return data_dir / "stages" / stage / "runs"
+
+
+def write_state(folder: Path, stage: str, key: str, status: str, data_dir: Path, **extra: str) -> None:
+    """`<stage>_state.json`: which inputs a long job in this folder works on, and whether it finished.
+
+    The folder is also listed under data_dir/stages/<stage>/runs/, so `resume` finds it wherever Hydra put
+    the run (outputs/, multirun/ or any hydra.run.dir).
+    """
     write_json_atomic(folder / f"{stage}_state.json", {"key": key, "status": status, **extra})
+    index = _runs_index(data_dir, stage)
+    index.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(index / f"{stable_hash(str(folder.resolve()))}.json", {"run_dir": str(folder.resolve())})
 
 
-def newest_unfinished(stage: str, key: str, exclude: Path | None = None, needs: str = "") -> Path | None:
-    """The newest run folder under outputs/ whose `stage` job on these inputs started and did not finish
-    (and, if `needs` is given, left that file behind to resume from)."""
+def claim_run_folder(run_dir: Path, stage: str, key: str) -> None:
+    """Refuse to run `stage` on other inputs in a run folder that already holds one: it would overwrite it.
+
+    The same inputs again (a rerun after a crash, mode=all twice with one hydra.run.dir) are fine.
+    """
+    for name in (f"{stage}_result.json", f"{stage}_state.json"):
+        path = run_dir / name
+        earlier = _read_json_or_none(path) if path.is_file() else None
+        if earlier is not None and earlier.get("key") != key:
+            raise ConfigError(
+                "hydra.run.dir",
+                f"{run_dir} already holds a {stage} run on other inputs ({name}); running here would overwrite it",
+                "use a new run folder (leave hydra.run.dir at its default, or give another)",
+            )
+
+
+def read_state(folder: Path, stage: str) -> dict[str, Any] | None:
+    path = folder / f"{stage}_state.json"
+    return _read_json_or_none(path) if path.is_file() else None
+
+
+def newest_unfinished(
+    stage: str, key: str, data_dir: Path, exclude: Path | None = None, needs: str = ""
+) -> Path | None:
+    """The newest run folder whose `stage` job on these inputs started and did not finish (and, if `needs`
+    is given, left that file or folder behind to resume from)."""
     found = []
-    for state_file in Path("outputs").resolve().glob(f"*/*/{stage}_state.json"):
-        state = json.loads(state_file.read_text())
-        folder = state_file.parent
-        if state.get("key") != key or state.get("status") == "done" or folder == exclude:
+    for entry_file in _runs_index(data_dir, stage).glob("*.json"):
+        entry = _read_json_or_none(entry_file)
+        folder = Path(entry["run_dir"]) if entry else None
+        state = read_state(folder, stage) if folder else None
+        if state is None or state.get("key") != key or state.get("status") == "done" or folder == exclude:
             continue
-        if not needs or (folder / needs).is_file():
+        if not needs or (folder / needs).exists():
             found.append(folder)
     return max(found, key=lambda p: (p / f"{stage}_state.json").stat().st_mtime) if found else None
 
@@ -55,41 +145,39 @@ def record_result(stage: str, key: str, run_dir: Path, data_dir: Path, payload: 
 def lookup_result(stage: str, key: str, data_dir: Path, needed: tuple[str, ...] = ()) -> dict[str, Any] | None:
     """A finished result for these inputs whose files (payload keys in `needed`) still exist, else None."""
     index = data_dir / "stages" / stage / f"{key}.json"
-    if not index.is_file():
-        return None
-    entry = json.loads(index.read_text())
-    if not all(Path(entry.get(name, "")).exists() for name in needed):
+    entry = _read_json_or_none(index) if index.is_file() else None
+    if entry is None or not all(Path(entry.get(name, "")).exists() for name in needed):
         return None
     return entry
 
 
-def newest_result(stage: str, search_root: Path, match: dict[str, Any] | None = None) -> dict[str, Any] | None:
-    """The newest `<stage>_result.json` under search_root (outputs/ or multirun/), optionally matching fields."""
+def newest_result(stage: str, data_dir: Path, match: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """The newest finished `stage` run recorded in data_dir whose fields match `match` (e.g. the dataset)."""
     found = []
-    for path in search_root.glob(f"**/{stage}_result.json"):
-        entry = json.loads(path.read_text())
-        if all(entry.get(k) == v for k, v in (match or {}).items()):
-            found.append((path.stat().st_mtime, entry))
+    for index in (data_dir / "stages" / stage).glob("*.json"):
+        entry = _read_json_or_none(index)
+        if entry is None or not all(entry.get(k) == v for k, v in (match or {}).items()):
+            continue
+        result_file = Path(entry["run_dir"]) / f"{stage}_result.json"
+        if result_file.is_file():
+            found.append((result_file.stat().st_mtime, entry))
     return max(found, key=lambda pair: pair[0])[1] if found else None
 
 
-def resolve_result(value: str, stage: str, key: str, match: dict[str, Any] | None = None) -> dict[str, Any]:
-    """`latest` → newest result of `stage` under outputs/ and multirun/; a path → that run folder's result."""
+def resolve_result(
+    value: str, stage: str, key: str, data_dir: Path, match: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """`latest` → the newest finished `stage` run on the same inputs (`match`); a path → that run's result."""
     if value == "latest":
-        candidates = [
-            r
-            for root in (Path("outputs"), Path("multirun"))
-            if root.is_dir()
-            for r in [newest_result(stage, root.resolve(), match)]
-            if r
-        ]
-        if not candidates:
+        entry = newest_result(stage, data_dir, match)
+        if entry is None:
+            on = " on this dataset" if match and "dataset" in match else ""
             raise ConfigError(
                 key,
-                f"no finished {stage} run found under outputs/ or multirun/",
-                f"run mode={stage} first, or give a run folder",
+                f"no finished {stage} run{on} found (runs are recorded under {data_dir / 'stages'})",
+                f"run mode={stage} first with the same datasets and merge settings, or give a run folder",
             )
-        return max(candidates, key=lambda r: Path(r["run_dir"], f"{stage}_result.json").stat().st_mtime)
+        return entry
     folder = Path(value).expanduser().resolve()
     result = folder / f"{stage}_result.json"
     if not result.is_file():
@@ -98,15 +186,42 @@ def resolve_result(value: str, stage: str, key: str, match: dict[str, Any] | Non
             f"{folder} holds no finished {stage} run ({result.name} missing)",
             f"give a run folder of mode={stage}, or latest",
         )
-    return json.loads(result.read_text())
+    return read_json(result, f"{stage} result")
 
 
 def link_or_copy(source: Path, target: Path) -> None:
-    """Bring an artefact of an earlier run into this run folder without duplicating its bytes if possible."""
+    """Bring an artefact of an earlier run into this run folder without duplicating its bytes if possible.
+
+    Never deletes anything: when `target` already is `source` (the same run folder reused) there is
+    nothing to do, and otherwise the new file is made under a temporary name and renamed over `target`.
+    """
+    _place_atomic(source, target, link=True)
+
+
+def copy_file_atomic(source: Path, target: Path) -> None:
+    """Copy `source` to `target` through a temporary name: a full disk leaves the old target whole."""
+    _place_atomic(source, target, link=False)
+
+
+def _place_atomic(source: Path, target: Path, link: bool) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
-    if target.exists():
-        target.unlink()
+    if target.exists() and os.path.samefile(source, target):
+        return
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    try:
+        if not (link and _hard_link(source, tmp)):
+            shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _hard_link(source: Path, target: Path) -> bool:
+    """True when `target` is now a hard link to `source` (False across filesystems or where not allowed)."""
     try:
         os.link(source, target)
     except OSError:
-        shutil.copyfile(source, target)
+        return False
+    return True

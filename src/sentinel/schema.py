@@ -29,6 +29,7 @@ class Mode(str, Enum):
     evaluate = "evaluate"
     all = "all"
     doctor = "doctor"
+    compare = "compare"
 
 
 class OnBadLabel(str, Enum):
@@ -180,6 +181,9 @@ class HardwareConfig:
     ray_address: str = ""
     num_cpus: int | None = None
     num_gpus: int | None = None
+    max_failures: int = 0  # retries of a trial that dies (its node lost), from its last checkpoint
+    dataset_sync: bool = False  # copy the merged dataset to cluster nodes that lack it (no shared disk)
+    storage_path: str = ""  # Ray Tune's experiment storage (shared path, s3://, gs://); "" = the run folder
 
 
 # --- model ----------------------------------------------------------------------------------------------
@@ -230,6 +234,32 @@ class EvaluateConfig:
 
 
 @dataclass
+class CompareConfig:
+    """mode=compare: which earlier runs, and by which metric (sentinel.compare)."""
+
+    runs: int = 10
+    experiment: str = ""
+    sweep: str = ""
+    metric: str = "test/map50-95"
+
+
+class TrackingBackend(str, Enum):
+    mlflow = "mlflow"
+    none = "none"
+
+
+@dataclass
+class TrackingConfig:
+    """Where runs are recorded (sentinel.tracking)."""
+
+    backend: TrackingBackend = TrackingBackend.mlflow
+    uri: str = ""  # "" = local SQLite store outputs/mlflow.db; or http://host:5000
+    experiment: str = ""  # "" = the experiment preset's name, else "sentinel"
+    register_model: bool = True
+    timeout_s: float = 10.0
+
+
+@dataclass
 class SentinelConfig:
     mode: Mode = Mode.prep
     seed: int = 0
@@ -246,11 +276,24 @@ class SentinelConfig:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
+
+
+# Dict-valued settings whose keys are the user's (class names), not the schema's. OmegaConf rejects new keys
+# in any node under a struct-mode root, so Hydra's `merge.aliases='{handgun: gun}'` failed with "Key
+# 'handgun' is not in struct" (omry/omegaconf#461); these nodes alone are opened, the rest stays strict.
+FREE_FORM_DICTS = ("merge.aliases",)
 
 
 def register_configs() -> None:
     """Put the schemas where `conf/` refers to them. Safe to call more than once."""
+    from omegaconf import OmegaConf
+
     cs = ConfigStore.instance()
     cs.store(name="sentinel_schema", node=SentinelConfig)
+    stored = cs.repo["sentinel_schema.yaml"].node  # the store's own copy: flag it there, no second build
+    for key in FREE_FORM_DICTS:
+        OmegaConf.set_struct(OmegaConf.select(stored, key), False)
     for type_name, schema in SOURCE_SCHEMAS.items():
         cs.store(group="sentinel/source", name=type_name, node=schema)

@@ -1,21 +1,26 @@
 """mode=tune: search `search_space` with Ray Tune's own API, training each trial with Ultralytics.
 
-Why not `model.tune(use_ray=True)`: Ultralytics' run_ray_tune asks every trial for all CPUs (so trials run
-one after another), takes no cluster address, shuts Ray down and records no best values. Here:
+Why not `model.tune(use_ray=True)`: Ultralytics' run_ray_tune asks each trial for NUM_THREADS =
+min(8, cpus - 1) CPUs (ultralytics 8.4.190, ultralytics/utils/__init__.py), so even a 16-core node runs two
+trials at once; it takes no cluster address, shuts Ray down and records no best values. Here:
 - resources per trial come from `hardware` (cpu_per_trial, gpu_per_trial; fractions pack trials on a GPU,
   and Ray assigns the devices), and `max_concurrent_trials` trials run at once;
-- Ray runs locally (sized by hardware.num_cpus/num_gpus) or joins `hardware.ray_address`, which is checked
-  for reachability before anything starts;
+- Ray runs locally (sized by hardware.num_cpus/num_gpus) or joins `hardware.ray_address`; before the
+  first trial the address must answer as Ray, a trial must fit on some node and `tune.metric` must be a
+  metric Ultralytics reports (sentinel.raycluster), so a bad setting fails at once instead of hanging;
 - each trial reports its validation metrics every epoch with a fresh `tune.report` (that drives ASHA), and
   its weights once at the end (the best trial's checkpoint is kept);
-- Ray's storage is the Hydra run folder, so an interrupted search resumes with `tune.resume`;
+- Ray's storage is the Hydra run folder, or `hardware.storage_path` (a shared mount or an object store) with a
+  copy in the run folder when the search returns, so an interrupted search resumes with `tune.resume`; a
+  Ctrl-C leaves the search unfinished (never recorded as done) and exits 130;
 - the run folder ends with tune/results.csv, best_hparams.yaml, tune_report.md and plots.
 """
 
 from __future__ import annotations
 
+import difflib
+import json
 import logging
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,10 +28,12 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from sentinel.errors import ConfigError, SentinelError
+from sentinel.errors import ConfigError, Interrupted, SentinelError
 from sentinel.fingerprint import stable_hash
-from sentinel.runs import newest_unfinished, write_state
-from sentinel.ultra import check_weights_available, fixed_training_args
+from sentinel.raycluster import check_nodes_see, check_trial_resources, connect_ray, sync_dataset_to_nodes
+from sentinel.runs import claim_run_folder, newest_unfinished, read_json, read_state, write_json_atomic, write_state
+from sentinel.tracking import link_resumed_run
+from sentinel.ultra import check_weights_available, drop_builtin_integrations, fixed_training_args
 from sentinel.validate import param_specs
 
 log = logging.getLogger(__name__)
@@ -50,6 +57,7 @@ NOT_TUNABLE = frozenset(
         "pretrained",
     }
 )
+VAL_LOSSES = ("val/box_loss", "val/cls_loss", "val/dfl_loss")  # reported with the metrics each epoch
 SEARCH_ALG_PACKAGES = {"optuna": "optuna", "hyperopt": "hyperopt"}
 
 
@@ -100,21 +108,25 @@ def ray_space(space: DictConfig) -> dict[str, Any]:
     return {name: make[spec.dist](spec) for name, spec in param_specs(space).items()}
 
 
-def make_search_alg(name: str, seed: int, metric: str, mode: str) -> Any:
+def make_search_alg(name: str, seed: int, metric: str, mode: str, max_concurrent: int) -> Any:
     """Ray's random generator (seeded, so the same seed samples the same trials); optuna and hyperopt need their
-    packages."""
+    packages. Each takes the concurrency limit itself (BasicVariantGenerator's own, a ConcurrencyLimiter around
+    the others): Ray ignores TuneConfig's max_concurrent_trials for a generator passed in, with only a warning
+    (ray#36080), so run_search does not pass it."""
     if name == "random":
         from ray.tune.search.basic_variant import BasicVariantGenerator
 
-        return BasicVariantGenerator(random_state=seed)
+        return BasicVariantGenerator(random_state=seed, max_concurrent=max_concurrent)
+    from ray.tune.search import ConcurrencyLimiter
+
     try:
         if name == "optuna":
             from ray.tune.search.optuna import OptunaSearch
 
-            return OptunaSearch(metric=metric, mode=mode, seed=seed)
+            return ConcurrencyLimiter(OptunaSearch(metric=metric, mode=mode, seed=seed), max_concurrent)
         from ray.tune.search.hyperopt import HyperOptSearch
 
-        return HyperOptSearch(metric=metric, mode=mode, random_state_seed=seed)
+        return ConcurrencyLimiter(HyperOptSearch(metric=metric, mode=mode, random_state_seed=seed), max_concurrent)
     except (ImportError, AssertionError):
         raise ConfigError(
             "tune.search_alg",
@@ -123,51 +135,15 @@ def make_search_alg(name: str, seed: int, metric: str, mode: str) -> Any:
         ) from None
 
 
-# --- Ray connection -------------------------------------------------------------------------------------
+def check_metric(metric: str) -> None:
+    """tune.metric must be a name Ultralytics reports each epoch; a typo would fail every trial after epoch 1."""
+    from ultralytics.utils.metrics import DetMetrics
 
-
-def check_ray_address(address: str, timeout_s: float = 5.0) -> None:
-    """Fail fast and clearly on an address Ray would wait on for a long time, or misread."""
-    if address in ("", "auto", "local"):
-        return
-    if address.startswith(("http://", "https://")):
-        raise ConfigError(
-            "hardware.ray_address",
-            f"{address!r} looks like the dashboard URL",
-            "use ray://<head>:10001 (Ray Client) or <head>:6379, or auto on a cluster node",
-        )
-    host_port = address.removeprefix("ray://")
-    host, _, port = host_port.rpartition(":")
-    if not host or not port.isdigit():
-        raise ConfigError("hardware.ray_address", f"{address!r} is not host:port", "e.g. ray://head:10001")
-    try:
-        with socket.create_connection((host, int(port)), timeout=timeout_s):
-            pass
-    except OSError as error:
-        raise SentinelError(
-            f"Ray cluster at {address} is not reachable ({error}). Fix: start it (`ray start --head`), check "
-            'host and port, or set hardware.ray_address="" to run Ray locally'
-        ) from None
-
-
-def connect_ray(hw: DictConfig) -> bool:
-    """Start or join Ray; returns True when we started it (and so must shut it down)."""
-    import ray
-
-    address = hw.ray_address.strip()
-    check_ray_address(address)
-    if ray.is_initialized():
-        return False
-    kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING}
-    if address:
-        kwargs["address"] = address
-    else:
-        kwargs.update(num_cpus=hw.num_cpus, num_gpus=hw.num_gpus)
-    try:
-        ray.init(**kwargs)
-    except (ConnectionError, RuntimeError, ValueError) as error:
-        raise SentinelError(f"could not start or join Ray ({address or 'local'}): {error}") from None
-    return True
+    known = [*DetMetrics().keys, *VAL_LOSSES]
+    if metric not in known:
+        close = difflib.get_close_matches(metric, known, n=1)
+        hint = f"did you mean {close[0]}?" if close else "use one of " + ", ".join(known)
+        raise ConfigError("tune.metric", f"{metric!r} is not a metric Ultralytics reports", hint)
 
 
 # --- the trial ------------------------------------------------------------------------------------------
@@ -179,25 +155,35 @@ class EpochReporter:
     def __init__(self, epochs: int) -> None:
         self.epochs = epochs
 
-    @staticmethod
-    def drop_builtin_raytune(trainer: Any) -> None:
-        # Ultralytics adds its own tune.report callback to every trainer when its `raytune` setting is on
-        # (the default; ultralytics/utils/callbacks/raytune.py). Two reports per epoch would make ASHA
-        # count two iterations per epoch, so ours is the only one.
-        from ultralytics.utils.callbacks import raytune
-
-        hooks = trainer.callbacks["on_fit_epoch_end"]
-        hooks[:] = [hook for hook in hooks if hook is not raytune.on_fit_epoch_end]
-
     def on_fit_epoch_end(self, trainer: Any) -> None:
+        import ray
         from ray import tune
 
-        metrics = {k: float(v) for k, v in trainer.metrics.items()}
+        metrics: dict[str, Any] = {k: float(v) for k, v in trainer.metrics.items()}
         metrics["epoch"] = trainer.epoch + 1
+        metrics["node_id"] = ray.get_runtime_context().get_node_id()  # where it ran: trials per node on a cluster
         checkpoint = None
         if trainer.epoch + 1 >= self.epochs and Path(trainer.wdir, "best.pt").is_file():
             checkpoint = tune.Checkpoint.from_directory(str(trainer.wdir))
         tune.report(metrics, checkpoint=checkpoint)
+
+
+class TrialLogHandler(logging.FileHandler):
+    """The file handler of the trial this (possibly reused) Ray actor runs now."""
+
+
+def log_ultralytics_to(path: Path) -> None:
+    """Keep a trial's training log in its folder: the driver does not show workers' output.
+
+    Ray reuses a trial's actor for the next trial (reuse_actors), so the previous trial's handler goes.
+    """
+    ultralytics_log = logging.getLogger("ultralytics")
+    for old in [h for h in ultralytics_log.handlers if isinstance(h, TrialLogHandler)]:
+        ultralytics_log.removeHandler(old)
+        old.close()
+    handler = TrialLogHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    ultralytics_log.addHandler(handler)
 
 
 def train_trial(config: dict[str, Any], setup: dict[str, Any]) -> None:
@@ -207,16 +193,18 @@ def train_trial(config: dict[str, Any], setup: dict[str, Any]) -> None:
     from ultralytics import YOLO
 
     torch.set_num_threads(max(1, int(setup["cpu_per_trial"])))
+    trial_dir = tune.get_context().get_trial_dir()
+    log_ultralytics_to(Path(trial_dir, "trial.log"))
     reporter = EpochReporter(setup["epochs"])
     model = YOLO(setup["weights"])
-    model.add_callback("on_pretrain_routine_start", reporter.drop_builtin_raytune)
+    model.add_callback("on_pretrain_routine_start", drop_builtin_integrations)
     model.add_callback("on_fit_epoch_end", reporter.on_fit_epoch_end)
     model.train(
         data=setup["data"],
         epochs=setup["epochs"],
         device=setup["device"],
         workers=setup["workers"],
-        project=tune.get_context().get_trial_dir(),
+        project=trial_dir,
         name="train",
         exist_ok=True,
         plots=False,
@@ -242,13 +230,87 @@ def trial_setup(cfg: DictConfig, data_yaml: Path) -> dict[str, Any]:
 
 
 def tune_fingerprint(cfg: DictConfig, dataset_fingerprint: str) -> str:
-    """Same dataset, space, model and tune settings → same search (what `tune.resume` may continue)."""
-    parts = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("search_space", "augmentation", "model", "tune")}
-    parts["tune"].pop("resume", None)
-    return stable_hash({"dataset": dataset_fingerprint, "seed": cfg.seed, **parts})
+    """Same dataset and same trials → same search (what mode=all reuses and `tune.resume` may continue).
+
+    Only what the trials use: the search, the fixed training arguments (augmentation, imgsz, batch,
+    patience, seed), the starting weights and the tune settings. Fine-tune-only keys (model.epochs,
+    model.output_name) and resources (they change speed, not results) are left out.
+    """
+    tune_settings = OmegaConf.to_container(cfg.tune, resolve=True)
+    tune_settings.pop("resume", None)
+    return stable_hash(
+        {
+            "dataset": dataset_fingerprint,
+            "search_space": OmegaConf.to_container(cfg.search_space, resolve=True),
+            "fixed": fixed_training_args(cfg),
+            "weights": cfg.model.weights,
+            "tune": tune_settings,
+        }
+    )
 
 
-def find_resumable(cfg: DictConfig, fingerprint: str, run_dir: Path) -> Path | None:
+STORAGE_RECORD = "storage.json"  # in the run folder's ray_tune/ when Ray's storage is hardware.storage_path
+
+
+@dataclass(frozen=True)
+class ExperimentStorage:
+    """Where Ray Tune keeps a search: `path`/`name`. By default the run folder's ray_tune/ itself; with
+    hardware.storage_path (a shared mount, s3://, gs://, ...) a folder there, copied into the run folder's
+    ray_tune/ when the search returns, so the reports read it like any other run."""
+
+    path: str  # Ray's storage_path
+    name: str  # the experiment's folder in it
+    local: Path  # the run folder's ray_tune/ (the experiment itself, or its copy)
+
+    @property
+    def remote(self) -> bool:
+        return Path(self.path) / self.name != self.local
+
+    @property
+    def uri(self) -> str:
+        return f"{self.path.rstrip('/')}/{self.name}"
+
+    @property
+    def writable_folder(self) -> str:
+        """What every node must be able to write: the storage folder when it is a path, else the run folder."""
+        return self.path if self.remote and "://" not in self.path else str(self.local.parent)
+
+
+def experiment_storage(cfg: DictConfig, run_dir: Path, resume_from: Path | None) -> ExperimentStorage:
+    """A new search's storage from hardware.storage_path; a resumed one's from where it was (its record)."""
+    folder = resume_from or run_dir
+    record = folder / RAY_DIR / STORAGE_RECORD
+    if resume_from is not None:
+        if not record.is_file():
+            return ExperimentStorage(str(resume_from), RAY_DIR, resume_from / RAY_DIR)
+        kept = read_json(record, "the record of where the search kept its trials")
+        return ExperimentStorage(kept["storage_path"], kept["name"], run_dir / RAY_DIR)
+    wanted = str(cfg.hardware.storage_path).strip()
+    if not wanted:
+        return ExperimentStorage(str(run_dir), RAY_DIR, run_dir / RAY_DIR)
+    path = wanted if "://" in wanted else str(Path(wanted).expanduser().resolve())
+    if "://" not in path:
+        Path(path).mkdir(parents=True, exist_ok=True)  # on a shared mount: the nodes check they can write it
+    storage = ExperimentStorage(path, f"{run_dir.name}-{stable_hash(str(run_dir))[:12]}", run_dir / RAY_DIR)
+    record.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(record, {"storage_path": storage.path, "name": storage.name})  # a resume reads it
+    return storage
+
+
+def fetch_experiment(storage: ExperimentStorage, local: Path) -> None:
+    """Copy the experiment from Ray's storage into the run folder's ray_tune/ (a temporary sibling renamed
+    into place), keeping the record of where it lives so a resume continues it there."""
+    import pyarrow.fs
+
+    from sentinel.atomic import atomic_build, target_lock
+
+    with target_lock(local), atomic_build(local) as tmp:
+        pyarrow.fs.copy_files(storage.uri, str(tmp))
+        write_json_atomic(tmp / STORAGE_RECORD, {"storage_path": storage.path, "name": storage.name})
+    log.info("tune: copied the search from %s into %s", storage.uri, local)
+
+
+def find_resumable(cfg: DictConfig, fingerprint: str, run_dir: Path, data_dir: Path) -> Path | None:
     """The Ray experiment to continue: an explicit run folder, or the newest unfinished one with our inputs."""
     wanted = str(cfg.tune.resume).strip()
     if wanted.lower() in ("", "false"):
@@ -257,18 +319,42 @@ def find_resumable(cfg: DictConfig, fingerprint: str, run_dir: Path) -> Path | N
         folder = Path(wanted).expanduser().resolve()
         if not (folder / RAY_DIR).is_dir():
             raise ConfigError("tune.resume", f"{folder} holds no tune run ({RAY_DIR}/ missing)", "give a run folder")
+        state = read_state(folder, "tune") or {}
+        if state.get("key") != fingerprint:
+            raise ConfigError(
+                "tune.resume",
+                f"{folder} searched other inputs (dataset, search space, training or tune settings differ; "
+                "see its config_resolved.yaml)",
+                "resume with the same datasets, merge and tune settings, or start a new search",
+            )
+        if state.get("status") == "done":
+            raise ConfigError("tune.resume", f"the search in {folder} already finished", "use its best_hparams.yaml")
         return folder
-    folder = newest_unfinished("tune", fingerprint, exclude=run_dir, needs=RAY_DIR)
+    folder = newest_unfinished("tune", fingerprint, data_dir, exclude=run_dir, needs=RAY_DIR)
     if folder is None:
         log.info("tune: nothing to resume for these inputs; starting a new search")
     return folder
 
 
+def unfinished_trials(experiment: Path, num_samples: int) -> list[str]:
+    """Trials a Ctrl-C left unfinished: running or pending, or never started. Empty when the search ended.
+
+    Ray Tune catches SIGINT, saves its experiment state one last time and returns a ResultGrid as if the
+    search had ended (ray#13767; ray/tune/tune.py, "Experiment has been interrupted"); in memory the stopped
+    trials then read TERMINATED. The saved state keeps what was true at the interrupt, so it is read instead.
+    """
+    states = sorted(experiment.glob("experiment_state-*.json"))  # named by start time; Ray reads the newest
+    if not states:
+        return [f"{num_samples} trial(s) never started"]
+    trials = [json.loads(trial) for trial, _ in json.loads(states[-1].read_text())["trial_data"]]
+    unfinished = [t["trial_id"] for t in trials if t["status"] not in ("TERMINATED", "ERROR")]
+    if len(trials) < num_samples:
+        unfinished.append(f"{num_samples - len(trials)} trial(s) never started")
+    return unfinished
+
+
 def tune(cfg: DictConfig, run_dir: Path, skip_if_done: bool = False) -> TuneResult:
     """Run the search, write its record into the run folder, return the best hyperparameters."""
-    from ray import tune as ray_tune
-    from ray.tune.schedulers import ASHAScheduler
-
     from sentinel.prep import data_dir_of, prepare_dataset
     from sentinel.runs import link_or_copy, lookup_result, record_result
     from sentinel.tune_report import write_tune_outputs
@@ -276,8 +362,11 @@ def tune(cfg: DictConfig, run_dir: Path, skip_if_done: bool = False) -> TuneResu
     if len(cfg.search_space) == 0:
         raise ConfigError("search_space", "is empty", "choose search_space=default or define parameters")
     check_search_space(cfg.search_space)
+    check_metric(cfg.tune.metric)
     check_weights_available(cfg.model.weights)
-    search_alg = make_search_alg(cfg.tune.search_alg, cfg.seed, cfg.tune.metric, cfg.tune.mode)
+    search_alg = make_search_alg(
+        cfg.tune.search_alg, cfg.seed, cfg.tune.metric, cfg.tune.mode, cfg.hardware.max_concurrent_trials
+    )
     merged = prepare_dataset(cfg)
     fingerprint = tune_fingerprint(cfg, merged.fingerprint)
     if skip_if_done and (done := lookup_result("tune", fingerprint, data_dir_of(cfg), needed=("best_hparams",))):
@@ -286,49 +375,45 @@ def tune(cfg: DictConfig, run_dir: Path, skip_if_done: bool = False) -> TuneResu
         log.info("tune: skipped, done in %s", done["run_dir"])
         best = yaml.safe_load((run_dir / "best_hparams.yaml").read_text()) or {}
         return TuneResult(run_dir, best, float(done["best_metric"]), 0, None, skipped=True)
-    resume_from = find_resumable(cfg, fingerprint, run_dir)
+    data_dir = data_dir_of(cfg)
+    claim_run_folder(run_dir, "tune", fingerprint)
+    resume_from = find_resumable(cfg, fingerprint, run_dir, data_dir)
     started_ray = connect_ray(cfg.hardware)
-    experiment = (resume_from or run_dir) / RAY_DIR
-    write_state(run_dir, "tune", fingerprint, "running", resumed_from=str(resume_from or ""))
+    storage = experiment_storage(cfg, run_dir, resume_from)
+    experiment = storage.local
     try:
-        trainable = ray_tune.with_resources(
-            ray_tune.with_parameters(train_trial, setup=trial_setup(cfg, merged.dataset_yaml)),
-            {"cpu": cfg.hardware.cpu_per_trial, "gpu": cfg.hardware.gpu_per_trial},
-        )
-        if resume_from is not None:
-            log.info("tune: resuming %s", experiment)
-            tuner = ray_tune.Tuner.restore(
-                str(experiment), trainable=trainable, resume_unfinished=True, resume_errored=True
+        check_trial_resources(cfg.hardware)
+        if cfg.hardware.ray_address.strip():  # a local Ray is this machine: nothing to check
+            if cfg.hardware.dataset_sync:
+                sync_dataset_to_nodes(merged.dataset_yaml.parent)
+            check_nodes_see(merged.dataset_yaml, storage.writable_folder)
+    except SentinelError:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+        raise
+    write_state(run_dir, "tune", fingerprint, "running", data_dir, resumed_from=str(resume_from or ""))
+    if resume_from is not None:
+        link_resumed_run("tune", resume_from)
+    try:
+        grid = run_search(cfg, merged.dataset_yaml, storage, resume_from, search_alg)
+        if storage.remote:
+            fetch_experiment(storage, run_dir / RAY_DIR)
+            experiment = run_dir / RAY_DIR
+        pending = unfinished_trials(experiment, cfg.tune.num_samples)
+        if pending:
+            write_state(run_dir, "tune", fingerprint, "interrupted", data_dir, resumed_from=str(resume_from or ""))
+            raise Interrupted(
+                f"tune: interrupted ({', '.join(pending)} unfinished); nothing was recorded as the best. "
+                "Fix: continue it with tune.resume=latest (same inputs) or tune.resume=" + str(resume_from or run_dir)
             )
-        else:
-            tuner = ray_tune.Tuner(
-                trainable,
-                param_space=ray_space(cfg.search_space),
-                tune_config=ray_tune.TuneConfig(
-                    metric=cfg.tune.metric,
-                    mode=cfg.tune.mode,
-                    num_samples=cfg.tune.num_samples,
-                    max_concurrent_trials=cfg.hardware.max_concurrent_trials,
-                    search_alg=search_alg,
-                    # A new actor per trial re-imports torch and Ultralytics (seconds each); all our trials
-                    # ask for the same resources, so Ray can hand a finished trial's process to the next.
-                    reuse_actors=True,
-                    scheduler=ASHAScheduler(
-                        time_attr="training_iteration",
-                        max_t=cfg.tune.epochs,
-                        grace_period=cfg.tune.grace_period,
-                        reduction_factor=cfg.tune.reduction_factor,
-                    ),
-                ),
-                run_config=ray_tune.RunConfig(name=RAY_DIR, storage_path=str(experiment.parent), verbose=1),
-            )
-        grid = tuner.fit()
-        result = write_tune_outputs(grid, cfg, run_dir, resume_from)
+        result = write_tune_outputs(grid, cfg, run_dir, resume_from, experiment if storage.remote else None)
         record_result(
             "tune",
             fingerprint,
             run_dir,
-            data_dir_of(cfg),
+            data_dir,
             {
                 "best_hparams": str(run_dir / "best_hparams.yaml"),
                 "tune_report": str(run_dir / "tune_report.md"),
@@ -341,7 +426,78 @@ def tune(cfg: DictConfig, run_dir: Path, skip_if_done: bool = False) -> TuneResu
             import ray
 
             ray.shutdown()
-    write_state(run_dir, "tune", fingerprint, "done", resumed_from=str(resume_from or ""))
+    write_state(run_dir, "tune", fingerprint, "done", data_dir, resumed_from=str(resume_from or ""))
     if resume_from is not None:
-        write_state(resume_from, "tune", fingerprint, "done")
+        write_state(resume_from, "tune", fingerprint, "done", data_dir, continued_in=str(run_dir))
     return result
+
+
+def ray_loggers(cfg: DictConfig) -> list[Any]:
+    """Ray's loggers that add something, and one console line per trial.
+
+    Kept: JSON (each trial's result.json: Tune's own analysis and sentinel.tracking's nested runs read it)
+    and CSV (progress.csv, readable per trial). Dropped: TensorBoard, which the tracking store replaces and
+    which renames every `metrics/...(B)` with a console line per metric per epoch.
+    """
+    import os
+
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
+    from sentinel.tune_progress import TrialProgress
+
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"  # else Ray adds TensorBoard's logger back
+    progress = TrialProgress(cfg.tune.metric, cfg.tune.epochs, cfg.tune.num_samples)
+    return [JsonLoggerCallback(), CSVLoggerCallback(), progress]
+
+
+def run_search(
+    cfg: DictConfig, data_yaml: Path, storage: ExperimentStorage, resume_from: Path | None, search_alg: Any
+) -> Any:
+    """Ray Tune's Tuner over our trainable: a new search in `storage`, or the restored one."""
+    from ray import tune as ray_tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    trainable = ray_tune.with_resources(
+        ray_tune.with_parameters(train_trial, setup=trial_setup(cfg, data_yaml)),
+        {"cpu": cfg.hardware.cpu_per_trial, "gpu": cfg.hardware.gpu_per_trial},
+    )
+    if resume_from is not None:
+        log.info("tune: resuming %s", storage.uri)
+        tuner = ray_tune.Tuner.restore(storage.uri, trainable=trainable, resume_unfinished=True, resume_errored=True)
+        return tuner.fit()
+    tuner = ray_tune.Tuner(
+        trainable,
+        param_space=ray_space(cfg.search_space),
+        tune_config=ray_tune.TuneConfig(
+            metric=cfg.tune.metric,
+            mode=cfg.tune.mode,
+            num_samples=cfg.tune.num_samples,
+            # No max_concurrent_trials: Ray ignores it for a search_alg passed in, with a warning on every
+            # run (ray#36080); make_search_alg gives the limit to the search algorithm itself.
+            search_alg=search_alg,
+            # A new actor per trial re-imports torch and Ultralytics (seconds each); all our trials
+            # ask for the same resources, so Ray can hand a finished trial's process to the next.
+            reuse_actors=True,
+            scheduler=ASHAScheduler(
+                time_attr="training_iteration",
+                max_t=cfg.tune.epochs,
+                grace_period=cfg.tune.grace_period,
+                reduction_factor=cfg.tune.reduction_factor,
+            ),
+        ),
+        run_config=ray_tune.RunConfig(
+            name=storage.name,
+            storage_path=storage.path,
+            # Ray's console output (a table per trial start and result, and TensorBoard's complaints about
+            # Ultralytics' metric names) is replaced by TrialProgress's one line per trial.
+            verbose=0,
+            callbacks=ray_loggers(cfg),
+            # A trial's folder (its trial.log, Ultralytics' train/ folder) is written in Ray's staging
+            # folder on its node; without this only trials that checkpoint reach the run folder.
+            sync_config=ray_tune.SyncConfig(sync_artifacts=True),
+            # A trial whose process or node dies is started again on another node. Trials checkpoint only at
+            # their end (a per-epoch checkpoint would copy the weights every epoch), so it starts over.
+            failure_config=ray_tune.FailureConfig(max_failures=cfg.hardware.max_failures),
+        ),
+    )
+    return tuner.fit()

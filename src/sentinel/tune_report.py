@@ -4,6 +4,7 @@ training arguments, ready for fine-tuning), tune_report.md, two plots, and the b
 from __future__ import annotations
 
 import csv
+import io
 import math
 import shutil
 from pathlib import Path
@@ -14,17 +15,22 @@ from omegaconf import DictConfig
 
 from sentinel.errors import SentinelError
 from sentinel.redaction import redact
+from sentinel.runs import save_figure_atomic, write_text_atomic
+from sentinel.tracking import active
 from sentinel.tune import TuneResult
 
 
-def trial_rows(grid: Any, cfg: DictConfig) -> list[dict[str, Any]]:
-    """One row per trial: its parameters, final and best metric, epochs run, how it ended."""
+def trial_rows(grid: Any, cfg: DictConfig, trials_in: Path | None = None) -> list[dict[str, Any]]:
+    """One row per trial: its parameters, final and best metric, epochs run, how it ended. `trials_in`: the
+    local copy of the experiment when Ray's storage is elsewhere (hardware.storage_path)."""
     metric, params = cfg.tune.metric, list(cfg.search_space)
     rows = []
     for result in grid:
         frame = result.metrics_dataframe
         values = [] if frame is None or metric not in frame else [float(v) for v in frame[metric]]
-        epochs = len(values)
+        # Epochs of the attempt that ended the trial: a trial retried after a lost node reports from epoch 1
+        # again, and Ray's frame keeps the lost attempt's rows too.
+        epochs = int(frame["training_iteration"].iloc[-1]) if values and "training_iteration" in frame else 0
         if result.error is not None:
             ended = "error"
         elif epochs < cfg.tune.epochs:
@@ -39,7 +45,7 @@ def trial_rows(grid: Any, cfg: DictConfig) -> list[dict[str, Any]]:
                 "best_metric": best,
                 "epochs": epochs,
                 "ended": ended,
-                "path": result.path,
+                "path": str(trials_in / Path(result.path).name) if trials_in else result.path,
             }
         )
         row["_values"] = values
@@ -48,8 +54,10 @@ def trial_rows(grid: Any, cfg: DictConfig) -> list[dict[str, Any]]:
     return rows
 
 
-def write_tune_outputs(grid: Any, cfg: DictConfig, run_dir: Path, resumed_from: Path | None) -> TuneResult:
-    rows = trial_rows(grid, cfg)
+def write_tune_outputs(
+    grid: Any, cfg: DictConfig, run_dir: Path, resumed_from: Path | None, trials_in: Path | None = None
+) -> TuneResult:
+    rows = trial_rows(grid, cfg, trials_in)
     finished = [r for r in rows if not math.isnan(r["best_metric"])]
     if not finished:
         first = next((r["_error"] for r in rows if r["_error"]), "no trial reported a metric")
@@ -62,15 +70,18 @@ def write_tune_outputs(grid: Any, cfg: DictConfig, run_dir: Path, resumed_from: 
     out = run_dir / "tune"
     out.mkdir(parents=True, exist_ok=True)
     columns = ["trial", *params, "final_metric", "best_metric", "epochs", "ended", "path"]
-    with open(out / "results.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    (run_dir / "best_hparams.yaml").write_text(yaml.safe_dump(best_hparams, sort_keys=False))
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(out / "results.csv", table.getvalue())
+    write_text_atomic(run_dir / "best_hparams.yaml", yaml.safe_dump(best_hparams, sort_keys=False))
     weights = keep_best_weights(best, out)
     plot_curves(rows, cfg.tune.metric, out / "metric_per_epoch.png")
     plot_params(finished, params, cfg.tune.metric, out / "metric_vs_params.png")
-    (run_dir / "tune_report.md").write_text(report_markdown(rows, best, cfg, weights, resumed_from))
+    write_text_atomic(run_dir / "tune_report.md", report_markdown(rows, best, cfg, weights, resumed_from))
+    active().log_trials(rows, params, best["trial"])
+    active().log_metrics({"tune/best_metric": best["best_metric"], "tune/trials": len(rows)})
     return TuneResult(run_dir, best_hparams, float(best["best_metric"]), len(rows), resumed_from)
 
 
@@ -134,8 +145,7 @@ def plot_curves(rows: list[dict[str, Any]], metric: str, path: Path) -> None:
     if len(rows) <= 12:
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure_atomic(fig, path)
 
 
 def plot_params(rows: list[dict[str, Any]], params: list[str], metric: str, path: Path) -> None:
@@ -156,8 +166,7 @@ def plot_params(rows: list[dict[str, Any]], params: list[str], metric: str, path
         ax.axis("off")
     fig.suptitle(f"best {metric} against each parameter", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure_atomic(fig, path)
 
 
 def _pyplot() -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -58,10 +59,30 @@ def load_yolo(weights: str | Path):  # -> ultralytics.YOLO
     from sentinel.errors import SentinelError
 
     check_weights_available(str(weights))
+    route_ultralytics_log()
     try:
         return YOLO(str(weights))
     except Exception as error:  # Ultralytics raises several types for missing, corrupt or unknown models
         raise SentinelError(f"cannot load weights {weights}: {type(error).__name__}: {error}") from None
+
+
+def route_ultralytics_log() -> None:
+    """Ultralytics' detail (argument dumps, model summaries, validation tables) goes to the run's log file;
+    the console keeps its warnings, and Sentinel prints one line per epoch (finetune.EpochLogger).
+
+    Its progress bars are switched off through `ultralytics.utils.VERBOSE`, which its TQDM reads whenever a
+    bar starts (ultralytics/utils/tqdm.py); the only other switch, YOLO_VERBOSE=False, also drops the log.
+    """
+    import ultralytics.utils as ultralytics_utils
+
+    ultralytics_log = logging.getLogger("ultralytics")
+    for handler in ultralytics_log.handlers:
+        if type(handler) is logging.StreamHandler:
+            handler.setLevel(logging.WARNING)
+    for handler in logging.getLogger().handlers:  # Hydra's run log (train.log); Ultralytics does not propagate
+        if isinstance(handler, logging.FileHandler) and handler not in ultralytics_log.handlers:
+            ultralytics_log.addHandler(handler)
+    ultralytics_utils.VERBOSE = False
 
 
 def fixed_training_args(cfg: DictConfig) -> dict[str, Any]:
@@ -74,3 +95,74 @@ def fixed_training_args(cfg: DictConfig) -> dict[str, Any]:
 def ultralytics_device(device: str) -> str:
     """Hydra may hand '0,1' or 0; Ultralytics wants a string like 'cpu', '0' or '0,1'."""
     return str(device).replace(" ", "")
+
+
+def cuda_device_count() -> int:
+    """CUDA devices torch can use here (0 without CUDA, or without torch)."""
+    try:
+        import torch
+    except ImportError:
+        return 0
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def check_device(device: str) -> None:
+    """A CUDA device index the machine does not have fails here, with the fix, not deep inside torch."""
+    from sentinel.errors import ConfigError
+
+    ids = [int(d) for d in str(device).replace(" ", "").split(",") if d.isdigit()]
+    if not ids:
+        return
+    count = cuda_device_count()
+    if max(ids) >= count:
+        raise ConfigError(
+            "hardware.device",
+            f"{device} asks for CUDA device {max(ids)} but this machine has {count}",
+            "use hardware=cpu (or hardware.device=cpu)",
+        )
+
+
+def atomic_checkpoint_trainer() -> type:
+    """Ultralytics' DetectionTrainer whose last.pt/best.pt are written to a temporary name and renamed.
+
+    BaseTrainer.save_model writes the checkpoint bytes straight over last.pt and best.pt
+    (ultralytics/engine/trainer.py), so a full disk or a kill mid-write leaves a truncated file where the
+    previous good one was. Here a failed write leaves the previous checkpoint whole.
+    """
+    from ultralytics.models.yolo.detect import DetectionTrainer
+
+    from sentinel.faults import kill_point
+
+    class AtomicCheckpointTrainer(DetectionTrainer):
+        def save_model(self) -> bool:
+            finals = (self.last, self.best)
+            temps = tuple(path.with_name(f".{path.name}.tmp-{os.getpid()}") for path in finals)
+            self.last, self.best = temps
+            try:
+                saved = super().save_model()
+                kill_point("checkpoint.before_rename")
+                for tmp, final in zip(temps, finals, strict=True):
+                    if tmp.exists():
+                        os.replace(tmp, final)
+            finally:
+                self.last, self.best = finals
+                for tmp in temps:
+                    tmp.unlink(missing_ok=True)
+            return saved
+
+    return AtomicCheckpointTrainer
+
+
+def drop_builtin_integrations(trainer: Any) -> None:
+    """Remove Ultralytics' own Ray Tune and MLflow callbacks from a trainer: Sentinel does both itself.
+
+    Both switch themselves on when their package is installed (ultralytics/utils/callbacks/). raytune
+    adds a second tune.report per epoch, so ASHA would count two iterations per epoch. mlflow calls
+    mlflow.autolog() for the whole process, sets the experiment to trainer.args.project (the run folder)
+    and logs the weights folder again; sentinel.tracking logs the same epochs to the run's own MLflow run.
+    """
+    from ultralytics.utils.callbacks import mlflow, raytune
+
+    builtin = [hook for module in (mlflow, raytune) for hook in module.callbacks.values()]
+    for hooks in trainer.callbacks.values():
+        hooks[:] = [hook for hook in hooks if not any(hook is b for b in builtin)]

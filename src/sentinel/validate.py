@@ -5,7 +5,11 @@ Every failure raises ConfigError with the full dotted key, so `train.py` can pri
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import math
+import os
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -22,6 +26,7 @@ DEMO_LAYOUTS = ("roboflow", "fiftyone")
 
 def validate(cfg: DictConfig) -> None:
     """Check the whole composed config; raise ConfigError on the first problem found."""
+    check_known_keys(cfg)
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(missing[0], "is required but has no value (???)", f"set it, e.g. {missing[0]}=...")
@@ -31,6 +36,28 @@ def validate(cfg: DictConfig) -> None:
     _check_hardware(cfg.hardware)
     _check_model(cfg.model)
     _check_tune(cfg.tune)
+    _check_stages(cfg)
+    _check_data_dir(cfg.data_dir)
+
+
+def check_known_keys(node: DictConfig, path: str = "") -> None:
+    """Every key of a schema-typed node must be one of its fields.
+
+    `+key=value` makes Hydra add a key even where the schema has none (`+model.epoch=5` next to
+    model.epochs), and the value would silently do nothing. Free-form nodes (datasets, search_space,
+    merge.aliases) hold the user's own names; their typed children are still checked.
+    """
+    schema = OmegaConf.get_type(node)
+    known = {f.name for f in dataclasses.fields(schema)} if dataclasses.is_dataclass(schema) else None
+    for key in node:
+        full = f"{path}{key}"
+        if known is not None and key not in known:
+            close = difflib.get_close_matches(str(key), sorted(known), n=1)
+            hint = f"did you mean {path}{close[0]}?" if close else f"valid keys here: {', '.join(sorted(known))}"
+            raise ConfigError(full, "is not a Sentinel setting (added with +, so nothing would read it)", hint)
+        child = node._get_node(key)
+        if isinstance(child, DictConfig) and not child._is_none() and not child._is_missing():
+            check_known_keys(child, f"{full}.")
 
 
 def _check_datasets(datasets: DictConfig) -> None:
@@ -97,10 +124,22 @@ def _check_hardware(hw: DictConfig) -> None:
             f"{hw.gpu_per_trial} does not divide a GPU evenly",
             "use 0.5, 0.25, 0.2 …",
         )
+    if hw.gpu_per_trial > 1:
+        # Ultralytics trains on several GPUs by starting DDP processes of its own (torch.distributed.run);
+        # inside a Ray Tune trial those would train while the trial, which reports each epoch to Ray, waits
+        # outside them. Rather than reserve two GPUs and train on one, a trial gets one GPU or a share of one.
+        raise ConfigError(
+            "hardware.gpu_per_trial",
+            f"{hw.gpu_per_trial:g} GPUs per trial: a trial trains on one GPU (multi-GPU DDP runs outside the trial)",
+            "use hardware.gpu_per_trial=1 (more trials at once: hardware.max_concurrent_trials) or a share such as "
+            "0.5; fine-tune on several GPUs with hardware=multi_gpu",
+        )
     if hw.max_concurrent_trials < 1:
         raise ConfigError("hardware.max_concurrent_trials", "must be at least 1")
     if hw.workers < 0:
         raise ConfigError("hardware.workers", "must be 0 or more")
+    if hw.max_failures < 0:
+        raise ConfigError("hardware.max_failures", f"must be 0 or more, got {hw.max_failures}")
 
 
 def _check_model(model: DictConfig) -> None:
@@ -111,6 +150,13 @@ def _check_model(model: DictConfig) -> None:
         raise ConfigError("model.patience", "must be 0 or more")
     if not str(model.weights).endswith((".pt", ".yaml", ".yml")):
         raise ConfigError("model.weights", f"{model.weights!r} is neither a .pt nor a .yaml model")
+    name = str(model.output_name)
+    if not name.endswith(".pt") or "/" in name or "\\" in name or name.startswith("."):
+        raise ConfigError(
+            "model.output_name",
+            f"{name!r} is not a plain .pt file name (the weights are saved inside the run folder)",
+            "use a name like sentinel.pt; copy the file elsewhere yourself after the run",
+        )
 
 
 def _check_tune(tune: DictConfig) -> None:
@@ -120,12 +166,46 @@ def _check_tune(tune: DictConfig) -> None:
         raise ConfigError("tune.mode", f"must be max or min, got {tune.mode!r}")
     if tune.num_samples < 1 or tune.epochs < 1:
         raise ConfigError("tune.num_samples", "num_samples and epochs must be at least 1")
-    if not 0 < tune.grace_period < tune.epochs and tune.epochs > 1:
+    if tune.epochs == 1 and tune.grace_period != 1:
+        raise ConfigError("tune.grace_period", "must be 1 when tune.epochs=1", "set tune.grace_period=1")
+    if tune.epochs > 1 and not 0 < tune.grace_period < tune.epochs:
         raise ConfigError(
             "tune.grace_period", f"{tune.grace_period} must be in [1, tune.epochs={tune.epochs})", "lower it"
         )
     if tune.reduction_factor < 2:
         raise ConfigError("tune.reduction_factor", "must be at least 2")
+
+
+EVALUATE_SPLITS = ("test", "val", "train")
+
+
+def _check_stages(cfg: DictConfig) -> None:
+    if cfg.evaluate.split not in EVALUATE_SPLITS:
+        raise ConfigError("evaluate.split", f"unknown split {cfg.evaluate.split!r}", f"use one of {EVALUATE_SPLITS}")
+    if len(cfg.export.formats) == 0:
+        raise ConfigError("export.formats", "is empty, so mode=export would do nothing", "e.g. [torchscript]")
+    if "engine" in cfg.export.formats and str(cfg.hardware.device).strip().lower() == "cpu":
+        raise ConfigError(
+            "export.formats",
+            "engine (TensorRT) is built on a GPU, and hardware.device is cpu",
+            "use hardware=gpu (or hardware.device=0), or drop engine from export.formats",
+        )
+    if cfg.compare.runs < 1:
+        raise ConfigError("compare.runs", f"must be at least 1, got {cfg.compare.runs}", "e.g. compare.runs=10")
+
+
+def _check_data_dir(value: str) -> None:
+    """data_dir must be (or become) a folder we can write: everything prep builds goes there."""
+    path = Path(value).expanduser().resolve()
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing == path and not path.is_dir():
+        raise ConfigError("data_dir", f"{path} is a file, not a folder", "point data_dir at a folder")
+    if existing != path and not existing.is_dir():
+        raise ConfigError("data_dir", f"{existing} is a file, so {path} cannot be made", "point data_dir elsewhere")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError("data_dir", f"{existing} is not writable", "choose a writable folder, e.g. data_dir=data")
 
 
 def param_specs(space: DictConfig) -> dict[str, ParamSpace]:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from builders import jpeg_bytes, make_source, png_bytes, tree_digest
-from conftest import run_train
+from conftest import mine_args, outside_run_and_data, run_train
 
 GOOD = "0 0.5 0.5 0.2 0.2\n"
 
@@ -36,30 +36,16 @@ def build(tmp_path: Path, label: str = GOOD, yaml_text: str | None = None, extra
 
 
 def outside_snapshot(tmp_path: Path) -> set[str]:
-    """Every file outside the run folder and data_dir."""
-    return {
-        str(p.relative_to(tmp_path))
-        for p in tmp_path.rglob("*")
-        if p.is_file() and p.relative_to(tmp_path).parts[0] not in ("run", "data")
-    }
+    """Every file outside the run folder, data_dir and the local tracking store."""
+    files = {str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()}
+    return {f for f in files if outside_run_and_data(f)}
 
 
 def run_case(tmp_path: Path, root: Path, *args: str) -> tuple[subprocess.CompletedProcess, dict | None]:
     before, outside = tree_digest(root), outside_snapshot(tmp_path)
     subprocess.run(["chmod", "-R", "a-w", str(root)], check=True)
     try:
-        result = run_train(
-            [
-                "mode=prep",
-                f"hydra.searchpath=[file://{tmp_path / 'conf'}]",
-                "datasets=[mine]",
-                f"data_dir={tmp_path}/data",
-                f"hydra.run.dir={tmp_path}/run",
-                "merge.samples_grid=0",
-                *args,
-            ],
-            cwd=tmp_path,
-        )
+        result = run_train(["mode=prep", *mine_args(tmp_path), *args], cwd=tmp_path)
     finally:
         subprocess.run(["chmod", "-R", "u+w", str(root)], check=True)
     assert tree_digest(root) == before  # every file's bytes and mode, as before the run

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -67,3 +68,18 @@ def cached_folder(data_dir: Path, name: str, cfg: DictConfig, build: Callable[[P
             with atomic_build(final, {"source": name, "type": cfg.type}) as tmp:
                 build(tmp, final)
     return final
+
+
+# What pins each source type's version: the keys that, unchanged, give the same data.
+SOURCE_PINS = {
+    "roboflow": ("workspace", "project", "version", "format"),
+    "coco": ("splits", "classes", "max_samples", "only_matching"),
+    "yolo": ("path",),
+    "demo": ("layout", "names", "seed", "train", "val", "test"),
+}
+
+
+def source_pins(cfg: DictConfig) -> dict[str, Any]:
+    """The version-pinning settings of one source config, as plain values."""
+    keys = SOURCE_PINS.get(cfg.type, ())
+    return {k: OmegaConf.to_container(cfg[k]) if OmegaConf.is_config(cfg[k]) else cfg[k] for k in keys}

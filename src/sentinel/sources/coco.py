@@ -92,16 +92,25 @@ def export_coco(cfg: DictConfig, out: Path, final: Path) -> None:
     log.info(
         "coco: loading %s splits %s, classes %s, max_samples %s", ZOO_NAME, list(cfg.splits), classes, cfg.max_samples
     )
-    dataset = foz.load_zoo_dataset(
-        ZOO_NAME,
-        splits=list(cfg.splits),
-        label_types=["detections"],
-        classes=classes,
-        max_samples=cfg.max_samples,
-        only_matching=cfg.only_matching,
-        dataset_name=name,
-        persistent=False,
-    )
+    try:
+        dataset = foz.load_zoo_dataset(
+            ZOO_NAME,
+            splits=list(cfg.splits),
+            label_types=["detections"],
+            classes=classes,
+            max_samples=cfg.max_samples,
+            only_matching=cfg.only_matching,
+            dataset_name=name,
+            persistent=False,
+        )
+    except Exception as error:  # the zoo's download stack raises many types (requests, urllib, OSError, ...)
+        log.debug("coco: the FiftyOne zoo failed", exc_info=True)
+        first = str(error).splitlines()[0][:200] if str(error) else ""
+        raise SentinelError(
+            f"coco: the FiftyOne zoo could not load {ZOO_NAME} into {fo.config.dataset_zoo_dir} "
+            f"({type(error).__name__}: {first}). Fix: run with network access once (the download is cached), "
+            "or set datasets.coco.zoo_dir to a folder that already holds coco-2017"
+        ) from None
     try:
         views = _yolo_split_views(dataset, cfg, four)
         for split, view in views.items():

@@ -4,8 +4,11 @@ The SDK does the API conversation (key check, workspace, project, version, expor
 what it gets wrong for unattended runs, each scoped to the download and restored afterwards:
 - its `requests` calls pass no timeout, so a stalled connection hangs forever: every call made through
   `roboflow.util.http` gets `timeout=(connect, read)`;
-- it polls a version that is still generating every 5 s with no limit: the whole download runs under
-  `timeout_s`;
+- it polls a version that is still generating every 5 s with no limit: the whole download runs in a child
+  process (`python -m sentinel.sources.roboflow`) that is killed after `timeout_s`. A thread could not be
+  stopped: it went on polling, with the SDK patched, into whatever ran next. The child inherits the key
+  through the environment (never argv, which `ps` shows) and reports its outcome in a small JSON file;
+  its log lines come back on stderr and are logged here, redacted;
 - it saves the zip response without checking its HTTP status, then extracts it: we replace that step with
   one that checks the status, rejects corrupt archives and members with absolute or `../` paths
   (zip-slip) before writing anything;
@@ -18,9 +21,12 @@ puts it in every URL, every message we raise is redacted and raised `from None` 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-import threading
+import subprocess
+import sys
+import tempfile
 import time
 import zipfile
 from collections.abc import Callable, Iterator
@@ -29,7 +35,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import yaml
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from sentinel.errors import SentinelError
 from sentinel.redaction import ROBOFLOW_KEY_ENV, redact
@@ -38,6 +44,7 @@ log = logging.getLogger(__name__)
 
 REQUEST_TIMEOUT = (10.0, 120.0)  # (connect, read) seconds for each HTTP request the SDK makes
 TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+CHILD_LOG_LEVEL_ENV = "SENTINEL_ROBOFLOW_LOG_LEVEL"
 SPLIT_FOLDERS = {"train": "train", "val": "valid", "test": "test"}
 
 
@@ -57,11 +64,11 @@ def api_key() -> str:
 
 def download_roboflow(cfg: DictConfig, out: Path, backoff_s: float = 1.0) -> None:
     """Download workspace/project/version in `cfg.format` into the empty folder `out`, then fix data.yaml."""
-    key = api_key()
+    api_key()  # fail before starting anything when the key is missing
     what = f"{cfg.workspace}/{cfg.project}/{cfg.version} ({cfg.format})"
     for attempt in range(cfg.retries + 1):
         try:
-            _run_with_deadline(lambda: _download_once(key, cfg, out), cfg.timeout_s, what)
+            _download_in_child(cfg, out, what)
             break
         except _Transient as error:
             if attempt == cfg.retries:
@@ -73,6 +80,61 @@ def download_roboflow(cfg: DictConfig, out: Path, backoff_s: float = 1.0) -> Non
     missing = fix_data_yaml(out)
     if missing:
         log.warning("Roboflow %s has no %s split; it is reported, not invented", what, ", ".join(missing))
+
+
+def _download_in_child(cfg: DictConfig, out: Path, what: str) -> None:
+    """One attempt in a child process, killed after `cfg.timeout_s`; re-raise its outcome here."""
+    with tempfile.TemporaryDirectory(prefix="sentinel-roboflow-") as scratch:
+        outcome_file = Path(scratch) / "outcome.json"
+        request = {"cfg": OmegaConf.to_container(cfg, resolve=True), "out": str(out), "outcome": str(outcome_file)}
+        env = {**os.environ, CHILD_LOG_LEVEL_ENV: str(logging.getLogger().getEffectiveLevel())}
+        child = subprocess.Popen(
+            [sys.executable, "-m", "sentinel.sources.roboflow", json.dumps(request)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,  # the SDK's progress bars
+            stderr=subprocess.PIPE,
+            env=env,
+            text=True,
+            errors="replace",
+        )
+        try:
+            _, stderr = child.communicate(timeout=cfg.timeout_s)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.communicate()
+            raise SentinelError(
+                f"Roboflow {what}: no complete download after {cfg.timeout_s:.0f} s (the version may still be "
+                "generating on Roboflow). Fix: try again later or raise datasets.<name>.timeout_s"
+            ) from None
+        for line in stderr.splitlines():
+            log.debug("roboflow sdk: %s", redact(line))
+        outcome = json.loads(outcome_file.read_text()) if outcome_file.is_file() else None
+    if outcome is None:
+        last = redact(stderr.strip().splitlines()[-1]) if stderr.strip() else "no output"
+        raise SentinelError(f"Roboflow {what}: the download process died (exit {child.returncode}: {last})")
+    if outcome["kind"] == "transient":
+        raise _Transient(outcome["message"])
+    if outcome["kind"] == "error":
+        raise SentinelError(outcome["message"]) from None
+
+
+def _child_main(request_json: str) -> None:
+    """Entry of the download child: one SDK download, its outcome written as JSON for the parent."""
+    request = json.loads(request_json)
+    level = int(os.environ.get(CHILD_LOG_LEVEL_ENV, logging.WARNING))
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(name)s: %(message)s")
+    cfg = OmegaConf.create(request["cfg"])
+    outcome: dict[str, str] = {"kind": "ok", "message": ""}
+    try:
+        _download_once(api_key(), cfg, Path(request["out"]))
+    except _Transient as error:
+        outcome = {"kind": "transient", "message": redact(str(error))}
+    except SentinelError as error:
+        outcome = {"kind": "error", "message": redact(str(error))}
+    target = Path(request["outcome"])
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_text(json.dumps(outcome))
+    os.replace(tmp, target)
 
 
 def _download_once(key: str, cfg: DictConfig, out: Path) -> None:
@@ -192,30 +254,12 @@ def fix_data_yaml(root: Path) -> list[str]:
     return missing
 
 
-def _run_with_deadline(work: Callable[[], None], timeout_s: float, what: str) -> None:
-    """Run `work` in a daemon thread; give up after `timeout_s` (the SDK's own polling has no limit)."""
-    outcome: dict[str, BaseException] = {}
-
-    def target() -> None:
-        try:
-            work()
-        except BaseException as error:  # re-raised in the caller's thread below
-            outcome["error"] = error
-
-    thread = threading.Thread(target=target, name="roboflow-download", daemon=True)
-    thread.start()
-    thread.join(timeout_s)
-    if thread.is_alive():
-        raise SentinelError(
-            f"Roboflow {what}: no complete download after {timeout_s:.0f} s (the version may still be "
-            "generating on Roboflow). Fix: try again later or raise datasets.<name>.timeout_s"
-        )
-    if "error" in outcome:
-        raise outcome["error"]
-
-
 def _empty_folder(folder: Path) -> None:
     import shutil
 
     for child in folder.iterdir():
         shutil.rmtree(child) if child.is_dir() else child.unlink()
+
+
+if __name__ == "__main__":
+    _child_main(sys.argv[1])

@@ -101,6 +101,11 @@ def parse_names(names: Any, yaml_path: Path) -> list[str]:
     raise SentinelError(f"{yaml_path}: `names` is missing or empty. Fix: list the classes, e.g. names: [person, gun]")
 
 
+def class_names_of(yaml_path: Path) -> list[str]:
+    """The class names a data.yaml declares, in id order."""
+    return parse_names(load_yaml_file(yaml_path).get("names"), yaml_path)
+
+
 def label_path_for(image: str) -> str:
     """Ultralytics' rule (img2label_paths): the last /images/ in the path becomes /labels/, suffix .txt.
 
@@ -114,8 +119,11 @@ def label_path_for(image: str) -> str:
 
 
 IMAGE_SUFFIX_TUPLE = tuple(sorted(IMAGE_SUFFIXES))
-# (absolute path, path relative to the entry with "/" separators, (size, mtime_ns))
-ScannedFile = tuple[str, str, tuple[int, int]]
+# A file's identity for cache keys: (size, mtime_ns, mode). The mode is in it because a file that could not
+# be read (no permission) is skipped, and a cached result must not outlive that failure once it is fixed.
+FileStat = tuple[int, int, int]
+# (absolute path, path relative to the entry with "/" separators, its FileStat)
+ScannedFile = tuple[str, str, FileStat]
 
 
 def scan_images(entry: Path) -> list[ScannedFile]:
@@ -129,35 +137,52 @@ def scan_images(entry: Path) -> list[ScannedFile]:
     return [(str(entry), entry.name, _stat_of(str(entry)))]
 
 
-def scan_label_files(folder: str) -> dict[str, tuple[int, int]]:
-    """Every .txt under `folder` (recursive) with its (size, mtime_ns); empty when the folder is missing."""
+def scan_label_files(folder: str) -> dict[str, FileStat]:
+    """Every .txt under `folder` (recursive) with its FileStat; empty when the folder is missing."""
     if not os.path.isdir(folder):
         return {}
     return {path: stat for path, _, stat in _scan_folder(folder, (".txt",))}
 
 
 def _scan_folder(root: str, suffixes: tuple[str, ...]) -> list[ScannedFile]:
-    """Files under `root` whose lower-cased name ends with one of `suffixes` (str.endswith: C speed)."""
+    """Files under `root` whose lower-cased name ends with one of `suffixes` (str.endswith: C speed).
+
+    Symbolic links to folders are followed once: a folder already visited (a link loop) is not entered again.
+    """
     found: list[ScannedFile] = []
     stack = [(root, "")]
+    seen: set[tuple[int, int]] = set()
     while stack:
         folder, rel = stack.pop()
-        with os.scandir(folder) as entries:
-            for entry in entries:
+        try:
+            st = os.stat(folder)
+        except OSError:  # a dangling link or a folder we may not read: nothing to take from it
+            continue
+        if (st.st_dev, st.st_ino) in seen:
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
                 if entry.is_dir():
                     stack.append((entry.path, f"{rel}{entry.name}/"))
                 elif entry.name.lower().endswith(suffixes) and entry.is_file():
                     st = entry.stat()
-                    found.append((entry.path, f"{rel}{entry.name}", (st.st_size, st.st_mtime_ns)))
+                    found.append((entry.path, f"{rel}{entry.name}", (st.st_size, st.st_mtime_ns, st.st_mode)))
+            except OSError:  # a link loop (ELOOP) or a vanished file
+                continue
     return found
 
 
-def _stat_of(path: str) -> tuple[int, int]:
+def _stat_of(path: str) -> FileStat:
     try:
         st = os.stat(path)
     except OSError:
-        return (0, 0)
-    return (st.st_size, st.st_mtime_ns)
+        return (0, 0, 0)
+    return (st.st_size, st.st_mtime_ns, st.st_mode)
 
 
 def _dataset_root(data: dict[str, Any], yaml_path: Path) -> Path:

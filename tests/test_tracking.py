@@ -1,0 +1,313 @@
+"""tracking=mlflow against real MLflow: a `mlflow server` the test starts (SQLite backend, its own artefact
+root) and stops by process id, and the default local SQLite store with no server."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from conftest import CONF_DIR, free_port, kill_process_tree, run_train, start_train
+
+pytestmark = pytest.mark.slow
+SECRET = "rf-secret-value-5521"  # in the environment of every run: must appear in nothing MLflow stores
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """`mlflow server` on a free localhost port; ready when its /health answers, stopped by its pid."""
+    root = tmp_path_factory.mktemp("mlflow_server")
+    port = free_port()
+    with open(root / "server.log", "w") as server_log:
+        server = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "mlflow", "server"),
+                *("--host", "127.0.0.1", "--port", str(port), "--workers", "1"),
+                *("--backend-store-uri", f"sqlite:///{root / 'store.db'}"),
+                *("--default-artifact-root", (root / "artifacts").as_uri()),
+            ],
+            cwd=root,
+            stdout=server_log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180  # a bound on waiting, not a speed check
+        while not _answers(uri) and time.monotonic() < deadline:
+            assert server.poll() is None, (root / "server.log").read_text()[-3000:]
+            time.sleep(0.5)
+        assert _answers(uri), "mlflow server did not answer within 180 s"
+        yield uri
+    finally:
+        kill_process_tree(server)
+
+
+def _answers(uri: str) -> bool:
+    try:
+        return requests.get(f"{uri}/health", timeout=2).ok
+    except requests.RequestException:
+        return False
+
+
+def client_for(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def runs_of(client, experiment: str, filter_string: str = ""):
+    found = client.get_experiment_by_name(experiment)
+    assert found is not None, f"no experiment {experiment!r}"
+    return client.search_runs([found.experiment_id], filter_string=filter_string, max_results=1000)
+
+
+def demo_args(tmp_path: Path, uri: str, experiment: str) -> list[str]:
+    return [
+        "experiment=demo",
+        "mode=all",
+        f"data_dir={tmp_path / 'data'}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        f"tracking.uri={uri}",
+        f"tracking.experiment={experiment}",
+        *("model.epochs=2", "model.patience=2", "tune.num_samples=2", "tune.epochs=2", "tune.grace_period=1"),
+        *("hardware.num_cpus=2", "merge.samples_grid=4", "export.formats=[torchscript]"),
+    ]
+
+
+@pytest.fixture(scope="module")
+def demo_run(mlflow_server, tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("tracked_demo")
+    result = run_train(
+        demo_args(tmp_path, mlflow_server, "demo-tracked"), cwd=tmp_path, env={"ROBOFLOW_API_KEY": SECRET}
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    client = client_for(mlflow_server)
+    top = runs_of(client, "demo-tracked", "tags.`sentinel.mode` = 'all'")
+    assert len(top) == 1
+    return tmp_path / "run", client, top[0], result.stdout
+
+
+def test_the_run_has_the_resolved_config_and_its_lineage_tags(demo_run):
+    run_dir, _, run, stdout = demo_run
+    params, tags = run.data.params, run.data.tags
+    assert params["model.imgsz"] == "64" and params["tune.num_samples"] == "2" and params["tracking.backend"]
+    assert tags["sentinel.run_dir"] == str(run_dir)
+    assert tags["sentinel.dataset"] == json.loads((run_dir / "prep_result.json").read_text())["fingerprint"]
+    assert tags["sentinel.source.demo_roboflow"].startswith("demo ")
+    assert tags["sentinel.version.ultralytics"][0].isdigit() and tags["sentinel.version.torch"][0].isdigit()
+    assert json.loads((run_dir / "tracking.json").read_text())["run_id"] == run.info.run_id
+    assert run.info.status == "FINISHED" and run.info.run_id in stdout
+
+
+def test_prep_counts_and_finetune_epochs_and_test_metrics_are_metrics(demo_run):
+    run_dir, client, run, _ = demo_run
+    report = json.loads((run_dir / "prep_report.json").read_text())
+    assert run.data.metrics["prep/kept"] == report["totals"]["kept"]
+    history = client.get_metric_history(run.info.run_id, "metrics/mAP50-95B")
+    assert sorted(m.step for m in history) == [1, 2]  # one point per fine-tune epoch, step = epoch
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/box_loss")] == [1, 2]
+    assert "best/metrics/mAP50-95B" in run.data.metrics  # Ultralytics' final validation of best.pt
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert run.data.metrics["test/map50"] == pytest.approx(metrics["means"]["map50"])
+    first = metrics["classes"][0]
+    assert run.data.metrics[f"test/{first['class']}/recall"] == pytest.approx(first["recall"])
+
+
+def test_every_trial_is_a_nested_run_with_its_values_epochs_and_ending(demo_run):
+    _, client, run, _ = demo_run
+    trials = runs_of(client, "demo-tracked", f"tags.`mlflow.parentRunId` = '{run.info.run_id}'")
+    assert len(trials) == 2
+    assert {t.data.tags["sentinel.ended"] for t in trials} <= {"completed", "stopped by ASHA"}
+    best = [t for t in trials if t.data.tags["sentinel.best_trial"] == "true"]
+    assert len(best) == 1 and run.data.tags["sentinel.best_trial"] == best[0].data.tags["sentinel.trial"]
+    for trial in trials:
+        assert {"lr0", "fliplr", "mosaic"} <= set(trial.data.params)
+        assert client.get_metric_history(trial.info.run_id, "val/box_loss")
+
+
+def test_reports_weights_and_exports_are_artifacts_and_the_weights_a_model_version(demo_run):
+    _, client, run, _ = demo_run
+    top = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"sentinel.pt", "metrics.json", "prep_report.md", "best_hparams.yaml", "tune_report.md"} <= top
+    assert "export" in top and "ray_tune" not in top
+    versions = client.search_model_versions(f"run_id = '{run.info.run_id}'")
+    assert len(versions) == 1 and versions[0].name == "sentinel" and versions[0].source.endswith("/sentinel.pt")
+    assert versions[0].tags["dataset"] == run.data.tags["sentinel.dataset"]
+
+
+def test_the_model_card_agrees_with_metrics_the_prep_report_and_the_weights(demo_run):
+    run_dir = demo_run[0]
+    card = json.loads((run_dir / "model_card.json").read_text())
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    report = json.loads((run_dir / "prep_report.json").read_text())
+    assert card["scores"]["means"] == metrics["means"] and card["scores"]["classes"] == metrics["classes"]
+    train_boxes = sum(sum(per_split["train"].values()) for per_split in report["boxes"].values())
+    assert sum(row["boxes"]["train"] for row in card["detects"]) == train_boxes
+    assert card["known_limits"]["skipped_label_lines"] == report["totals"]["skipped_label_lines"]
+    assert card["weights_sha256"] == hashlib.sha256((run_dir / "sentinel.pt").read_bytes()).hexdigest()
+    assert card["lineage"][-1] == f"weights sha256 {card['weights_sha256']}"
+    assert card["data"]["fingerprint"] == json.loads((run_dir / "prep_result.json").read_text())["fingerprint"]
+    assert (run_dir / "export" / "model_card.json").read_text() == (run_dir / "model_card.json").read_text()
+    assert "## How it scores" in (run_dir / "model_card.md").read_text()
+
+
+def test_no_secret_in_any_param_or_tag(demo_run):
+    client = demo_run[1]
+    for each in runs_of(client, "demo-tracked"):
+        text = json.dumps({**each.data.params, **each.data.tags})
+        assert SECRET not in text
+
+
+def test_a_multirun_is_one_run_per_job_tagged_with_the_sweep(mlflow_server, tmp_path):
+    sweep = tmp_path / "sweep"
+    result = run_train(
+        [
+            "-m",
+            "mode=prep",
+            "seed=0,1",
+            f"data_dir={tmp_path / 'data'}",
+            f"hydra.sweep.dir={sweep}",
+            f"tracking.uri={mlflow_server}",
+            "tracking.experiment=sweep-tagged",
+            "merge.samples_grid=0",
+        ],
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = runs_of(client_for(mlflow_server), "sweep-tagged")
+    assert sorted(r.data.tags["sentinel.job_num"] for r in runs) == ["0", "1"]
+    assert {r.data.tags["sentinel.sweep_dir"] for r in runs} == {str(sweep)}
+
+
+def test_the_default_local_store_needs_no_server(tmp_path):
+    result = run_train(["mode=prep", "merge.samples_grid=0", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    store = tmp_path / "outputs" / "mlflow.db"
+    runs = runs_of(client_for(f"sqlite:///{store}"), "sentinel")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED" and runs[0].data.metrics["prep/kept"] > 0
+    assert f"mlflow ui --backend-store-uri sqlite:///{store}" in result.stdout
+    spent = json.loads((tmp_path / "run" / "tracking.json").read_text())["seconds"]  # what benchmarks/ reads
+    assert spent["start"] > 0 and spent["logging"] > 0
+
+
+def test_an_unreachable_server_fails_at_start_up_in_one_line(tmp_path):
+    result = run_train(
+        ["mode=all", f"tracking.uri=http://127.0.0.1:{free_port()}", "tracking.timeout_s=5"], cwd=tmp_path
+    )
+    assert result.returncode == 1
+    assert "tracking.uri" in result.stderr and "tracking=none" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "data").exists()  # before any download
+
+
+def test_a_run_whose_train_py_is_killed_is_marked_killed_by_its_tracking_service(tmp_path):
+    process = start_train(
+        ["mode=prep", f"data_dir={tmp_path / 'data'}", f"hydra.run.dir={tmp_path / 'killed'}"],
+        cwd=tmp_path,
+        env={"SENTINEL_KILL_AFTER": "merge.batch:1"},  # dies by SIGKILL in the middle of the build
+    )
+    assert process.wait(timeout=300) == -signal.SIGKILL
+    record, status = tmp_path / "killed" / "tracking.json", "no run yet"
+    deadline = time.monotonic() + 180  # a bound on waiting for the service, not a speed check
+    while status in ("no run yet", "RUNNING") and time.monotonic() < deadline:
+        if record.is_file():  # the service has opened the store and the run
+            store = client_for(f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
+            status = store.get_run(json.loads(record.read_text())["run_id"]).info.status
+        time.sleep(0.5)
+    assert status == "KILLED"
+
+
+def test_a_run_whose_tracking_service_died_is_marked_killed_by_the_next_start(tmp_path):
+    data = f"data_dir={tmp_path / 'data'}"
+    first = run_train(
+        ["mode=prep", data, f"hydra.run.dir={tmp_path / 'first'}"],
+        cwd=tmp_path,
+        env={"SENTINEL_KILL_AFTER": "tracking.opened:1"},  # the service dies by SIGKILL once the run is open
+    )
+    assert first.returncode == 0, first.stderr[-3000:]  # the training does not depend on its tracking
+    assert "tracking service stopped" in first.stdout + first.stderr
+    killed_id = json.loads((tmp_path / "first" / "tracking.json").read_text())["run_id"]
+    client = client_for(f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
+    assert client.get_run(killed_id).info.status == "RUNNING"  # nothing could mark it: SIGKILL
+    result = run_train(["mode=prep", data, f"hydra.run.dir={tmp_path / 'next'}"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert client.get_run(killed_id).info.status == "KILLED"
+
+
+@pytest.mark.parametrize("backend", ["mlflow", "none"])
+def test_compare_names_the_key_that_differs_and_each_runs_metric(tmp_path, backend):
+    boxes = {}
+    for exclude in ("[gun]", "[knife]", "[]"):
+        run_dir = f"outputs/exclude{len(boxes)}"
+        result = run_train(
+            ["mode=prep", f"merge.exclude={exclude}", "merge.samples_grid=0", f"hydra.run.dir={run_dir}"], cwd=tmp_path
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        boxes[exclude] = json.loads((tmp_path / run_dir / "prep_report.json").read_text())["totals"]["boxes"]
+    args = ["mode=compare", "compare.metric=prep/boxes", "compare.runs=3", f"tracking={backend}", "hydra.run.dir=cmp"]
+    result = run_train(args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = (tmp_path / "cmp" / "compare.md").read_text()
+    assert "Config keys that differ between these runs: `merge.exclude`." in report
+    rows = [line for line in report.splitlines() if line.startswith("| ")][1:]  # after the header
+    assert len(rows) == 3
+    for exclude, count in boxes.items():
+        shown = json.dumps(json.loads(exclude.replace("gun", '"gun"').replace("knife", '"knife"')))
+        assert any(f"| {count} | {shown} |" in row for row in rows), (exclude, count, report)
+    assert (tmp_path / "cmp" / "compare.html").is_file() and (tmp_path / "cmp" / "compare.png").stat().st_size > 0
+
+
+def test_doctor_reports_an_unreachable_server_next_to_the_other_checks(tmp_path):
+    uri = f"tracking.uri=http://127.0.0.1:{free_port()}"
+    result = run_train(["mode=doctor", uri, "tracking.timeout_s=5", "hydra.run.dir=doc"], cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    table = (tmp_path / "doc" / "doctor.md").read_text()
+    assert "| tracking | PROBLEM |" in table and "| Ray | OK |" in table
+    assert "tracking: start the server" in result.stderr
+
+
+OPEN_STORE = """
+import sys, time
+from pathlib import Path
+from hydra import compose, initialize_config_dir
+from sentinel.schema import register_configs
+from sentinel import tracking
+import mlflow.tracking  # imported before the wait, so the processes reach the store together
+
+conf, launch, run, go = sys.argv[1:]
+register_configs()
+with initialize_config_dir(config_dir=conf, version_base="1.3"):
+    cfg = compose(config_name="config", overrides=["tracking=mlflow"])
+while not Path(go).exists():  # every process imports MLflow first, then all open the store together
+    time.sleep(0.01)
+tracking.start_tracking(cfg, Path(run), Path(launch))
+tracking.stop_tracking("FINISHED")
+"""
+
+
+def test_jobs_that_open_a_new_local_store_at_once_all_get_their_run(tmp_path):
+    """A parallel sweep's jobs create the default SQLite store together (MLflow migrates it unlocked)."""
+    go = tmp_path / "go"
+    for i in range(4):
+        (tmp_path / f"run{i}").mkdir()
+    jobs = [
+        subprocess.Popen(
+            [sys.executable, "-c", OPEN_STORE, str(CONF_DIR), str(tmp_path), str(tmp_path / f"run{i}"), str(go)],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(4)
+    ]
+    go.touch()
+    errors = [job.communicate(timeout=300)[1] for job in jobs]
+    assert [job.returncode for job in jobs] == [0, 0, 0, 0], "\n".join(errors)[-3000:]
+    store = f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}"
+    assert len(runs_of(client_for(store), "sentinel")) == 4
