@@ -32,21 +32,31 @@ os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
 
 
-def _fiftyone_database_dir() -> Path:
-    """A database folder of this test session's own, never the user's.
+def _session_folder(kind: str) -> Path:
+    """A folder of this test session's own under the system temp folder, never the user's.
 
-    It cannot be removed when the session ends: FiftyOne stops its mongod only at interpreter exit, after
-    every hook and atexit handler, and a mongod whose files vanish aborts and hangs the exit. So each session
-    removes the folders of earlier sessions whose process is gone.
+    Each session first removes the folders of earlier sessions whose process is gone (a session killed
+    before its end leaves them). FiftyOne's cannot be removed by its own session: FiftyOne stops its mongod
+    only at interpreter exit, after every hook and atexit handler, and a mongod whose files vanish aborts
+    and hangs the exit.
     """
-    for stale in Path(tempfile.gettempdir()).glob("sentinel-tests-fiftyone-*"):
+    for stale in Path(tempfile.gettempdir()).glob(f"sentinel-tests-{kind}-*"):
         pid = stale.name.rsplit("-", 1)[-1]
         if pid.isdigit() and not Path(f"/proc/{pid}").exists():
             shutil.rmtree(stale, ignore_errors=True)
-    return Path(tempfile.gettempdir()) / f"sentinel-tests-fiftyone-{os.getpid()}"
+    return Path(tempfile.gettempdir()) / f"sentinel-tests-{kind}-{os.getpid()}"
 
 
-os.environ["FIFTYONE_DATABASE_DIR"] = str(_fiftyone_database_dir())
+os.environ["FIFTYONE_DATABASE_DIR"] = str(_session_folder("fiftyone"))
+# Every local Ray that a test's train.py starts keeps a session folder, with Ray Tune's staging copy of each
+# trial's folder (weights included: ~0.2 GB per search here), in Ray's temp folder; the suite starts about 20.
+# A folder of the session's own is removed when the session ends, so the suite does not fill the disk.
+RAY_TEMP = _session_folder("ray")
+os.environ["RAY_TMPDIR"] = str(RAY_TEMP)
+# Ray refuses to create objects when the disk holding its temp folder is over 95% full (by default), however
+# little it needs. The disk here is shared with other machines' work, whose use comes and goes; the suite
+# itself needs a few GB at most, so it may fill the disk closer before Ray refuses.
+os.environ.setdefault("RAY_local_fs_capacity_threshold", "0.99")
 os.environ.pop("API_URL", None)  # Roboflow tests point it at their local server, per test
 
 # A skip is a test that did not run. Only these reasons are expected on some machines; any other skip fails
@@ -67,6 +77,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    shutil.rmtree(RAY_TEMP, ignore_errors=True)  # every train.py the tests started has ended by now
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     skipped = reporter.stats.get("skipped", []) if reporter else []
     unexpected = [r for r in skipped if EXPECTED_SKIP not in str(getattr(r, "longrepr", ""))]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from builders import jpeg_bytes, make_source
-from conftest import run_train
+from conftest import RAY_TEMP, run_train
 from fake_roboflow import FakeRoboflow, zip_folder
 
 SECRET = "fake-secret-9a8b7c6d5e"
@@ -76,6 +76,5 @@ def test_the_key_is_written_nowhere(server, tmp_path):
     outputs = [failed.stdout, failed.stderr, ok.stdout, ok.stderr, tune.stdout, tune.stderr]
     assert not [text for text in outputs if SECRET in text]
     assert files_containing(tmp_path, SECRET.encode()) == []
-    ray_logs = Path("/tmp/ray/session_latest/logs")
-    if ray_logs.is_dir():
-        assert files_containing(ray_logs, SECRET.encode()) == []
+    ray_logs = RAY_TEMP / "ray" / "session_latest" / "logs"  # the search's local Ray (RAY_TMPDIR, conftest)
+    assert ray_logs.is_dir() and files_containing(ray_logs, SECRET.encode()) == []
