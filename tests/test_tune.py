@@ -7,8 +7,10 @@ import importlib.util
 import itertools
 import json
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -54,10 +56,24 @@ def trial_intervals(run_dir: Path) -> list[tuple[float, float]]:
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("tune")
-    result = run_train(tune_args(tmp_path, "run", "tune.num_samples=4"), cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    (tmp_path / "console.txt").write_text(result.stdout + result.stderr)
+    # The search's local Ray keeps its session in a temp folder of this run's own (short: Ray's socket paths
+    # have a length limit), so a test can see what it leaves there.
+    ray_temp = Path(tempfile.mkdtemp(prefix="sntl-", dir="/tmp"))
+    try:
+        result = run_train(
+            tune_args(tmp_path, "run", "tune.num_samples=4"), cwd=tmp_path, env={"RAY_TMPDIR": str(ray_temp)}
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        (tmp_path / "console.txt").write_text(result.stdout + result.stderr)
+        (tmp_path / "left_in_ray_temp.txt").write_text("\n".join(str(p) for p in ray_temp.rglob("*.pt")))
+    finally:
+        shutil.rmtree(ray_temp, ignore_errors=True)
     return tmp_path / "run"
+
+
+def test_trial_weights_are_kept_in_the_run_folder_and_not_left_in_rays_temp_folder(finished_run):
+    assert len(list((finished_run / "ray_tune").glob("train_trial_*/train/weights/best.pt"))) == 4
+    assert (finished_run.parent / "left_in_ray_temp.txt").read_text() == ""  # Ray's staging copies are gone
 
 
 def test_trials_log_to_their_own_folder_not_the_console(finished_run):
