@@ -65,7 +65,11 @@ def finished_run(tmp_path_factory):
         )
         assert result.returncode == 0, result.stderr[-3000:]
         (tmp_path / "console.txt").write_text(result.stdout + result.stderr)
-        (tmp_path / "left_in_ray_temp.txt").write_text("\n".join(str(p) for p in ray_temp.rglob("*.pt")))
+        left = {
+            "sessions": len(list(ray_temp.glob("ray/session_2*"))),
+            "weights": list(map(str, ray_temp.rglob("*.pt"))),
+        }
+        (tmp_path / "left_in_ray_temp.json").write_text(json.dumps(left))
     finally:
         shutil.rmtree(ray_temp, ignore_errors=True)
     return tmp_path / "run"
@@ -73,7 +77,8 @@ def finished_run(tmp_path_factory):
 
 def test_trial_weights_are_kept_in_the_run_folder_and_not_left_in_rays_temp_folder(finished_run):
     assert len(list((finished_run / "ray_tune").glob("train_trial_*/train/weights/best.pt"))) == 4
-    assert (finished_run.parent / "left_in_ray_temp.txt").read_text() == ""  # Ray's staging copies are gone
+    left = json.loads((finished_run.parent / "left_in_ray_temp.json").read_text())
+    assert left == {"sessions": 1, "weights": []}  # the search's Ray session is there; its staging copies are not
 
 
 def test_trials_log_to_their_own_folder_not_the_console(finished_run):
