@@ -399,6 +399,8 @@ def tune(cfg: DictConfig, run_dir: Path, skip_if_done: bool = False) -> TuneResu
         link_resumed_run("tune", resume_from)
     try:
         grid = run_search(cfg, merged.dataset_yaml, storage, resume_from, search_alg)
+        if started_ray and not cfg.hardware.ray_address.strip():
+            remove_staging_copies(storage.name)  # fit() returned: the storage path holds every trial
         if storage.remote:
             fetch_experiment(storage, run_dir / RAY_DIR)
             experiment = run_dir / RAY_DIR
@@ -426,8 +428,6 @@ def tune(cfg: DictConfig, run_dir: Path, skip_if_done: bool = False) -> TuneResu
         if started_ray:
             import ray
 
-            if not cfg.hardware.ray_address.strip():
-                remove_staging_copies(storage.name)
             ray.shutdown()
     write_state(run_dir, "tune", fingerprint, "done", data_dir, resumed_from=str(resume_from or ""))
     if resume_from is not None:
@@ -436,14 +436,14 @@ def tune(cfg: DictConfig, run_dir: Path, skip_if_done: bool = False) -> TuneResu
 
 
 def remove_staging_copies(experiment_name: str) -> None:
-    """Remove this search's staging folders from the local Ray session, once the search has returned.
+    """Remove this search's staging folders from the local Ray session, once `fit()` has returned.
 
     Ray Tune writes each trial's folder (Ultralytics' weights included) under the Ray session's `artifacts/`
     on the trial's node and copies it to the storage path; the staging copies stay in the machine's temp
     folder after Ray shuts down (0.2 GB for the demo's 4 trials, GBs for a real search). Only for a Ray we
     started on this machine: its session and every trial folder in it are this search's, and the storage
-    path (the run folder, or hardware.storage_path) holds them all by the time `fit()` returns. A resume
-    reads the storage path, never the staging folders.
+    path (the run folder, or hardware.storage_path) holds them all by the time `fit()` returns; if it raised,
+    they are left alone (they may hold results not yet copied). A resume reads the storage path.
     """
     from ray.train.constants import _get_ray_train_session_dir  # Ray's own path; it has no public accessor
 
