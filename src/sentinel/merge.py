@@ -2,11 +2,14 @@
 
 Output: data_dir/merged/<fingerprint>/ with images/<split>/ (links to the sources' files, named
 `<source>__<path>` so equal file names cannot collide), freshly written labels/<split>/ in one class space,
-a dataset.yaml with an absolute `path`, and report/. The fingerprint hashes the merge settings and every
-input file's path, size and mtime, so an unchanged rerun is a cache hit that does no work, and any change
-builds a new folder. Each build happens in a temporary folder that is renamed into place when complete.
-Ultralytics writes its labels/*.cache inside the folder; since a folder's content never changes after the
-rename, that cache can never be stale.
+a dataset.yaml with an absolute `path`, Ultralytics' label caches labels/<split>.cache (sentinel.ultra_cache:
+the first training reads them instead of scanning every image again), and report/. The fingerprint hashes
+the merge settings and every input file's path and stat, so an unchanged rerun is a cache hit that does no
+work, and any change builds a new folder. Each build happens in a temporary folder that is renamed into
+place when complete; since a folder's content never changes after the rename, its caches cannot be stale.
+
+A build with other merge options over the same files (an incremental rebuild) reads none of them again:
+each file's image check and label parse comes from the per-file record (sentinel.file_records).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import yaml
@@ -28,15 +32,25 @@ from sentinel.atomic import atomic_build, is_complete, target_lock
 from sentinel.classes import ClassMap, build_class_map
 from sentinel.errors import SentinelError
 from sentinel.faults import kill_point
+from sentinel.file_records import FileRecords, file_key
 from sentinel.fingerprint import stable_hash
-from sentinel.images import ImageCheck, check_image
+from sentinel.images import ImageCheck, check_image, with_extension_check
 from sentinel.labels import LabelParse, format_box, parse_label_file
 from sentinel.report import write_report
-from sentinel.sources.yolo_dir import SPLITS, FileStat, SourceData, label_path_for, scan_images, scan_label_files
+from sentinel.sources.yolo_dir import (
+    SPLITS,
+    FileStat,
+    SourceData,
+    label_path_for,
+    scan_images,
+    scan_label_files,
+    stat_or_none,
+)
+from sentinel.ultra_cache import write_label_caches
 
 log = logging.getLogger(__name__)
 
-MERGE_VERSION = 2  # bump when the output format changes, so old caches are not reused
+MERGE_VERSION = 3  # bump when the output format changes, so old caches are not reused
 FINGERPRINT_KEYS = (
     "aliases",
     "include",
@@ -48,6 +62,7 @@ FINGERPRINT_KEYS = (
     "link",
 )
 BATCH = 64
+READ_COUNTS = ("images_read", "images_from_record", "labels_read", "labels_from_record")
 
 
 @dataclass(frozen=True)
@@ -125,8 +140,12 @@ def merge_sources(sources: list[SourceData], merge: DictConfig, data_dir: Path) 
         if is_complete(final):
             return MergeResult(final, final / "dataset.yaml", fingerprint, True, _load_report(final))
         check_disk_space(plan, merge.link, final.parent)
-        with atomic_build(final, {"fingerprint": fingerprint}) as tmp:
-            report = build_merged(plan, class_map, merge, tmp, final)
+        records = FileRecords.load(data_dir)
+        try:
+            with atomic_build(final, {"fingerprint": fingerprint}) as tmp:
+                report = build_merged(plan, class_map, merge, tmp, final, records)
+        finally:  # also after a failed build: the rerun that follows a fix reads only the fixed files
+            records.save()
     log.info("prep: built %s", final)
     return MergeResult(final, final / "dataset.yaml", fingerprint, False, report)
 
@@ -174,7 +193,7 @@ def plan_items(sources: list[SourceData]) -> Plan:
                 )
                 for image, rel, image_stat in images:
                     label = label_path_for(image)
-                    label_stat = labels.pop(label, None) if labels is not None else _stat(label)
+                    label_stat = labels.pop(label, None) if labels is not None else stat_or_none(label)
                     stem = _unique_stem(prefix + rel[: rel.rfind(".")].replace("/", "__"), split, used_stems)
                     items.append(
                         Item(source.name, split, image, label, label_stat, image_stat, stem, len(source.names))
@@ -200,14 +219,6 @@ def merge_fingerprint(sources: list[SourceData], plan: Plan, merge: DictConfig) 
             "files": files.hexdigest(),
         }
     )
-
-
-def _stat(path: str) -> FileStat | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_size, st.st_mtime_ns, st.st_mode)
 
 
 def _unique_stem(stem: str, split: str, used: set[tuple[str, str]]) -> str:
@@ -237,6 +248,16 @@ class Kept:
     lines: list[str]
     classes: list[int]
     placement: str = ""  # hardlink | symlink | copy
+    # (size, mtime_ns) of the placed image and the written label, as os.stat will report them at the final
+    # path: what Ultralytics' cache hash is made of (sentinel.ultra_cache)
+    image_stat: tuple[int, int] = (0, 0)
+    label_stat: tuple[int, int] = (0, 0)
+
+
+TALLY_COUNTERS = (
+    *("images", "boxes", "class_images", "skipped_images", "skipped_lines", "excluded_boxes"),
+    *("notes", "reads"),
+)
 
 
 class Tally:
@@ -250,6 +271,7 @@ class Tally:
         self.skipped_lines: Counter[tuple[str, str, str]] = Counter()
         self.excluded_boxes: Counter[tuple[str, str, str]] = Counter()
         self.notes: Counter[tuple[str, str, str]] = Counter()
+        self.reads: Counter[str] = Counter()  # images_read, images_from_record, labels_read, labels_from_record
         self.examples: list[str] = []
 
     def example(self, text: str) -> None:
@@ -258,13 +280,15 @@ class Tally:
 
     def add(self, other: Tally) -> None:
         """Fold a worker's tally into this one."""
-        for name in ("images", "boxes", "class_images", "skipped_images", "skipped_lines", "excluded_boxes", "notes"):
+        for name in TALLY_COUNTERS:
             getattr(self, name).update(getattr(other, name))
         for text in other.examples:
             self.example(text)
 
 
-def build_merged(plan: Plan, class_map: ClassMap, merge: DictConfig, out: Path, final: Path) -> dict[str, Any]:
+def build_merged(
+    plan: Plan, class_map: ClassMap, merge: DictConfig, out: Path, final: Path, records: FileRecords
+) -> dict[str, Any]:
     """Check and write every input into `out` (renamed to `final` later) in one parallel pass; drop leaks after.
 
     Each worker checks its images and labels, applies the label policy and class map, links the image and
@@ -276,7 +300,7 @@ def build_merged(plan: Plan, class_map: ClassMap, merge: DictConfig, out: Path, 
     for split in {item.split for item in plan.items}:
         (out / "images" / split).mkdir(parents=True)
         (out / "labels" / split).mkdir(parents=True)
-    kept = _process_all(plan.items, class_map, merge, out, tally)
+    kept = _process_all(plan.items, class_map, merge, out, tally, records)
     duplicates, leaks = _find_duplicates(kept)
     if merge.drop_leaks:
         for k in leaks:
@@ -293,28 +317,35 @@ def build_merged(plan: Plan, class_map: ClassMap, merge: DictConfig, out: Path, 
     for split in ("train", "val"):
         if not any(k.item.split == split for k in kept):
             raise PrepFailed(why_no_images(split, plan, report), report)
+    report["ultralytics_cache"] = write_label_caches(out, final, kept, len(class_map.names))
     splits = sorted({k.item.split for k in kept}, key=SPLITS.index)
     for split in {item.split for item in plan.items} - set(splits):
         (out / "images" / split).rmdir()
         (out / "labels" / split).rmdir()
     _write_dataset_yaml(out, final, class_map.names, splits)
-    samples = [
-        (out / "images" / k.item.split / k.item.out_image_name, k.lines) for k in kept if k.item.split == "train"
-    ]
+    train_images = os.path.join(out, "images", "train")
+    samples = [(os.path.join(train_images, k.item.out_image_name), k.lines) for k in kept if k.item.split == "train"]
     write_report(report, out / "report", samples, class_map.names, merge.samples_grid)
     return report
 
 
-def _process_all(items: list[Item], class_map: ClassMap, merge: DictConfig, out: Path, tally: Tally) -> list[Kept]:
-    """Run _process_batch over all items in a thread pool (file I/O, hashing and decoding release the GIL)."""
+def _process_all(
+    items: list[Item], class_map: ClassMap, merge: DictConfig, out: Path, tally: Tally, records: FileRecords
+) -> list[Kept]:
+    """Run _process_batch over all items in a thread pool (file I/O, hashing and decoding release the GIL).
+
+    The workers read the merge options from a plain namespace: an OmegaConf attribute access validates its
+    key each time, which cost a tenth of an incremental rebuild at 20k images.
+    """
     from tqdm import tqdm
 
+    options = SimpleNamespace(**OmegaConf.to_container(merge, resolve=True))
     batches = [items[i : i + BATCH] for i in range(0, len(items), BATCH)]
     kept: list[Kept] = []
     pool = ThreadPoolExecutor(max_workers=merge.workers)
     try:
         with tqdm(total=len(items), desc="prep: merging", unit="img", mininterval=1.0, disable=None) as bar:
-            results = pool.map(lambda b: _process_batch(b, class_map, merge, out), batches)
+            results = pool.map(lambda b: _process_batch(b, class_map, options, out, records), batches)
             for batch, (batch_kept, batch_tally) in zip(batches, results, strict=True):
                 kept.extend(batch_kept)
                 tally.add(batch_tally)
@@ -324,37 +355,64 @@ def _process_all(items: list[Item], class_map: ClassMap, merge: DictConfig, out:
     return kept
 
 
-def _process_batch(items: list[Item], class_map: ClassMap, merge: DictConfig, out: Path) -> tuple[list[Kept], Tally]:
+def _process_batch(
+    items: list[Item], class_map: ClassMap, merge: SimpleNamespace, out: Path, records: FileRecords
+) -> tuple[list[Kept], Tally]:
     tally = Tally()
     kept = []
     for item in items:
-        k = _keep(_check_one(item), class_map, merge, tally)
+        k = _keep(_check_one(item, records, tally), class_map, merge, tally)
         if k is None:
             continue
         target = os.path.join(out, "images", item.split, item.out_image_name)
         k.placement = place_file(item.image, target, "copy" if k.image.must_copy else merge.link)
-        write_label(os.path.join(out, "labels", item.split, f"{item.out_stem}.txt"), k.lines)
+        if k.placement == "copy":
+            st = os.stat(target)
+            k.image_stat = (st.st_size, st.st_mtime_ns)
+        else:  # a hard link is the same inode; os.stat follows a symlink to the source
+            k.image_stat = (item.image_stat[0], item.image_stat[1])
+        k.label_stat = write_label(os.path.join(out, "labels", item.split, f"{item.out_stem}.txt"), k.lines)
         kept.append(k)
     kill_point("merge.batch")
     return kept, tally
 
 
-def write_label(path: str, lines: list[str]) -> None:
-    """Create a new label file (O_EXCL: never overwrite) with one line per box."""
+def write_label(path: str, lines: list[str]) -> tuple[int, int]:
+    """Create a new label file (O_EXCL: never overwrite) with one line per box; its (size, mtime_ns)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
         os.write(fd, "".join(f"{line}\n" for line in lines).encode())
+        st = os.fstat(fd)
     finally:
         os.close(fd)
+    return (st.st_size, st.st_mtime_ns)
 
 
-def _check_one(item: Item) -> Checked:
-    image = check_image(item.image)
-    labels = parse_label_file(item.label, item.num_classes) if item.label_stat is not None else None
+def _check_one(item: Item, records: FileRecords, tally: Tally) -> Checked:
+    """Check the image and parse the label, each from the per-file record when the file is unchanged."""
+    image_key = file_key(item.image_stat)
+    content = records.image(image_key)
+    if content is None:
+        image = check_image(item.image)
+        records.add_image(image_key, image)
+        tally.reads["images_read"] += 1
+    else:
+        image = with_extension_check(content, item.image)
+        tally.reads["images_from_record"] += 1
+    if item.label_stat is None:
+        return Checked(item, image, None)
+    label_key = file_key(item.label_stat)
+    labels = records.label(label_key, item.num_classes)
+    if labels is None:
+        labels = parse_label_file(item.label, item.num_classes)
+        records.add_label(label_key, item.num_classes, labels)
+        tally.reads["labels_read"] += 1
+    else:
+        tally.reads["labels_from_record"] += 1
     return Checked(item, image, labels)
 
 
-def _keep(checked: Checked, class_map: ClassMap, merge: DictConfig, tally: Tally) -> Kept | None:
+def _keep(checked: Checked, class_map: ClassMap, merge: SimpleNamespace, tally: Tally) -> Kept | None:
     """Apply the bad-label policy and the class map to one checked input; None when it is dropped."""
     item, key = checked.item, (checked.item.source, checked.item.split)
     if checked.image.problem:
@@ -401,7 +459,11 @@ def _keep(checked: Checked, class_map: ClassMap, merge: DictConfig, tally: Tally
         if final_id is None:
             tally.excluded_boxes[(*key, f"{item.source}:{box[0]}")] += 1
             continue
-        lines.append(format_box(final_id, box))
+        line = format_box(final_id, box)
+        if line in lines:  # equal after rounding or after two classes became one: Ultralytics would drop it
+            tally.notes[(*key, "box_equal_to_another_after_merge_dropped")] += 1
+            continue
+        lines.append(line)
         classes.append(final_id)
     return Kept(item, checked.image, lines, classes)
 
@@ -501,6 +563,7 @@ def _report(
         "placement": dict(link_counts),
         "bytes_copied": copied_bytes,
         "problem_examples": tally.examples,
+        "file_records": {name: tally.reads[name] for name in READ_COUNTS},
         "totals": {
             "inputs": len(plan.items),
             "kept": sum(tally.images.values()),

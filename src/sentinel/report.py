@@ -10,6 +10,8 @@ from typing import Any
 
 from sentinel.runs import save_figure_atomic, write_atomic, write_text_atomic
 
+Sample = tuple[str | Path, list[str]]  # a training image and its merged label lines
+
 PALETTE = [
     (230, 25, 75),
     (60, 180, 75),
@@ -24,9 +26,7 @@ PALETTE = [
 ]
 
 
-def write_report(
-    report: dict[str, Any], folder: Path, samples: list[tuple[Path, list[str]]], names: list[str], grid: int
-) -> None:
+def write_report(report: dict[str, Any], folder: Path, samples: list[Sample], names: list[str], grid: int) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     write_text_atomic(folder / "prep_report.json", json.dumps(report, indent=2, sort_keys=False))
     write_text_atomic(folder / "prep_report.md", summary_markdown(report))
@@ -91,7 +91,17 @@ def summary_markdown(report: dict[str, Any]) -> str:
             lines.append(f"- {split_list[0]} has no {', '.join(split_list[1])} split")
     if report["orphan_labels"]:
         lines.append(f"- label files without an image: {report['orphan_labels']}")
-    lines += ["", f"Images placed: {report['placement']}; bytes copied: {report['bytes_copied']}.", ""]
+    lines += ["", f"Images placed: {report['placement']}; bytes copied: {report['bytes_copied']}."]
+    reads = report.get("file_records", {})
+    if reads:
+        lines.append(
+            f"Files read: {reads['images_read']} images, {reads['labels_read']} label files; unchanged since an "
+            f"earlier build, taken from the per-file record: {reads['images_from_record']} images, "
+            f"{reads['labels_from_record']} label files."
+        )
+    if report.get("ultralytics_cache"):
+        lines.append(f"Ultralytics label cache: {report['ultralytics_cache']}.")
+    lines.append("")
     if report["problem_examples"]:
         lines += ["## First problems", "", *[f"- {e}" for e in report["problem_examples"][:20]], ""]
     return "\n".join(lines)
@@ -123,7 +133,7 @@ def plot_class_distribution(report: dict[str, Any], names: list[str], path: Path
 
 
 def draw_samples(
-    samples: list[tuple[Path, list[str]]], names: list[str], count: int, path: Path, tile: int = 160, seed: int = 0
+    samples: list[Sample], names: list[str], count: int, path: Path, tile: int = 160, seed: int = 0
 ) -> None:
     """A grid of up to `count` training images with their merged labels drawn, to eyeball correctness."""
     from PIL import Image, ImageDraw

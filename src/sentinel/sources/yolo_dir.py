@@ -119,9 +119,10 @@ def label_path_for(image: str) -> str:
 
 
 IMAGE_SUFFIX_TUPLE = tuple(sorted(IMAGE_SUFFIXES))
-# A file's identity for cache keys: (size, mtime_ns, mode). The mode is in it because a file that could not
-# be read (no permission) is skipped, and a cached result must not outlive that failure once it is fixed.
-FileStat = tuple[int, int, int]
+# A file's identity for cache keys: (size, mtime_ns, mode, dev, inode). The mode is in it because a file that
+# could not be read (no permission) is skipped, and a cached result must not outlive that failure once it is
+# fixed; device and inode key prep's per-file record (sentinel.file_records).
+FileStat = tuple[int, int, int, int, int]
 # (absolute path, path relative to the entry with "/" separators, its FileStat)
 ScannedFile = tuple[str, str, FileStat]
 
@@ -171,18 +172,26 @@ def _scan_folder(root: str, suffixes: tuple[str, ...]) -> list[ScannedFile]:
                     stack.append((entry.path, f"{rel}{entry.name}/"))
                 elif entry.name.lower().endswith(suffixes) and entry.is_file():
                     st = entry.stat()
-                    found.append((entry.path, f"{rel}{entry.name}", (st.st_size, st.st_mtime_ns, st.st_mode)))
+                    found.append((entry.path, f"{rel}{entry.name}", stat_tuple(st)))
             except OSError:  # a link loop (ELOOP) or a vanished file
                 continue
     return found
 
 
-def _stat_of(path: str) -> FileStat:
+def stat_tuple(st: os.stat_result) -> FileStat:
+    return (st.st_size, st.st_mtime_ns, st.st_mode, st.st_dev, st.st_ino)
+
+
+def stat_or_none(path: str) -> FileStat | None:
+    """The FileStat of `path` (links followed), None when it does not exist or cannot be stat'ed."""
     try:
-        st = os.stat(path)
+        return stat_tuple(os.stat(path))
     except OSError:
-        return (0, 0, 0)
-    return (st.st_size, st.st_mtime_ns, st.st_mode)
+        return None
+
+
+def _stat_of(path: str) -> FileStat:
+    return stat_or_none(path) or (0, 0, 0, 0, 0)
 
 
 def _dataset_root(data: dict[str, Any], yaml_path: Path) -> Path:

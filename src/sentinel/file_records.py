@@ -1,0 +1,126 @@
+"""A persistent record of what prep learnt from each input file, so that an unchanged file is never read again.
+
+A build that differs from an earlier one only in merge options (aliases, include/exclude, class order,
+drop_leaks...) gets a new merged folder, but its inputs are the same files: their image checks (decode,
+size, content hash) and label parses are taken from this record instead of being read and decoded again.
+
+An entry is keyed by the file's identity on disk — (device, inode, size, mtime in ns) — never by its path:
+a file edited in place gets a new mtime (and usually size), a replaced one a new inode, and either misses
+the record and is read afresh. A label parse also depends on the source's class count, which is in its key.
+Unreadable files are never recorded: permissions may be fixed without touching the file.
+
+Stored with `marshal` (tuples of plain values; several times faster to load than pickle) in
+`data_dir/records/`, written to a temporary name and renamed into place under a lock, merged with what
+another process saved meanwhile. A record that cannot be read (another Python version, a damaged file) is
+treated as empty: it is only ever a shortcut, never the truth.
+"""
+
+from __future__ import annotations
+
+import logging
+import marshal
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+
+from sentinel.images import ImageCheck
+from sentinel.labels import LabelParse, Problem
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1  # bump when what is stored changes; the file name carries it, so old records are simply ignored
+LOCK_TIMEOUT_S = 60.0
+FileKey = tuple[int, int, int, int]  # (st_dev, st_ino, st_size, st_mtime_ns)
+
+
+def file_key(stat: tuple[int, ...]) -> FileKey:
+    """The record key of a FileStat (size, mtime_ns, mode, dev, ino)."""
+    size, mtime_ns, _mode, dev, ino = stat
+    return (dev, ino, size, mtime_ns)
+
+
+class FileRecords:
+    """Image checks and label parses by file identity; thread-safe for lookups and for `add_*` (dict ops)."""
+
+    def __init__(self, path: Path, images: dict[FileKey, tuple], labels: dict[tuple, tuple]) -> None:
+        self.path = path
+        self.images = images
+        self.labels = labels
+        self._new_images: dict[FileKey, tuple] = {}
+        self._new_labels: dict[tuple, tuple] = {}
+
+    @classmethod
+    def load(cls, data_dir: Path) -> FileRecords:
+        path = data_dir / "records" / f"prep-files.v{FORMAT}.marshal"
+        images, labels = _read(path)
+        return cls(path, images, labels)
+
+    # --- images -------------------------------------------------------------------------------------
+
+    def image(self, key: FileKey) -> ImageCheck | None:
+        row = self.images.get(key)
+        return ImageCheck(*row) if row is not None else None
+
+    def add_image(self, key: FileKey, check: ImageCheck) -> None:
+        """Record what the content gave (extension_mismatch depends on the name, so it is stored as False)."""
+        if check.problem != "unreadable_image":
+            c = check
+            self._new_images[key] = (
+                *(c.digest, c.format, c.problem, c.detail, c.must_copy, False, c.size_bytes, c.width, c.height),
+            )
+
+    # --- labels -------------------------------------------------------------------------------------
+
+    def label(self, key: FileKey, num_classes: int) -> LabelParse | None:
+        row = self.labels.get((*key, num_classes))
+        if row is None:
+            return None
+        boxes, problems, polygons = row
+        return LabelParse([tuple(b) for b in boxes], [Problem(*p) for p in problems], polygons)
+
+    def add_label(self, key: FileKey, num_classes: int, parse: LabelParse) -> None:
+        if not parse.unreadable:
+            problems = [(p.line, p.reason, p.detail) for p in parse.problems]
+            self._new_labels[(*key, num_classes)] = (parse.boxes, problems, parse.polygons)
+
+    # --- saving -------------------------------------------------------------------------------------
+
+    @property
+    def new_entries(self) -> int:
+        return len(self._new_images) + len(self._new_labels)
+
+    def save(self) -> None:
+        """Add this build's new entries to the record on disk (re-read under the lock: others may have saved)."""
+        if not self.new_entries:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(self.path) + ".lock", timeout=LOCK_TIMEOUT_S):
+            images, labels = _read(self.path)
+            images.update(self._new_images)
+            labels.update(self._new_labels)
+            tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex[:8]}")
+            try:
+                with open(tmp, "wb") as handle:
+                    marshal.dump((FORMAT, images, labels), handle)
+                os.replace(tmp, self.path)
+            finally:
+                tmp.unlink(missing_ok=True)
+        self.images, self.labels = images, labels
+        self._new_images, self._new_labels = {}, {}
+
+
+def _read(path: Path) -> tuple[dict[Any, tuple], dict[Any, tuple]]:
+    try:
+        with open(path, "rb") as handle:
+            version, images, labels = marshal.load(handle)
+    except FileNotFoundError:
+        return {}, {}
+    except (OSError, EOFError, ValueError, TypeError) as error:
+        log.warning("prep: ignoring the file record %s (%s); files will be read again", path, error)
+        return {}, {}
+    if version != FORMAT or not isinstance(images, dict) or not isinstance(labels, dict):
+        return {}, {}
+    return images, labels

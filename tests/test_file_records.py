@@ -1,0 +1,113 @@
+"""Prep's per-file record: a rebuild with other merge options reads no input again; a changed file is read."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from builders import jpeg_bytes, make_source
+from sentinel.merge import merge_sources
+from sentinel.schema import MergeConfig
+from sentinel.sources.yolo_dir import read_source
+
+
+def merge_cfg(**overrides):
+    return OmegaConf.merge(OmegaConf.structured(MergeConfig), {"samples_grid": 0, **overrides})
+
+
+def files(count: int, seed: int, label: str):
+    return {f"img_{i}.jpg": (jpeg_bytes(seed * 1000 + i), label) for i in range(count)}
+
+
+@pytest.fixture
+def sources(tmp_path):
+    a = make_source(
+        tmp_path / "src" / "a",
+        ["Handgun", "person"],
+        {"train": files(6, 1, "0 0.5 0.5 0.2 0.2\n1 0.2 0.2 0.1 0.1\n"), "val": files(3, 2, "1 0.5 0.5 0.3 0.3\n")},
+    )
+    b = make_source(tmp_path / "src" / "b", ["gun"], {"train": files(4, 3, "0 0.4 0.4 0.2 0.2\n")})
+    return [a, b]
+
+
+def merge(folders: list[Path], data_dir: Path, **options):
+    return merge_sources([read_source(f.name, f) for f in folders], merge_cfg(**options), data_dir)
+
+
+def labels_of(result) -> dict[str, str]:
+    root = result.folder / "labels"
+    return {str(p.relative_to(root)): p.read_text() for p in sorted(root.rglob("*.txt"))}
+
+
+def test_a_rebuild_with_other_merge_options_reads_no_file_again(sources, tmp_path):
+    first = merge(sources, tmp_path / "d")
+    assert first.report["file_records"] == {
+        "images_read": 13,
+        "images_from_record": 0,
+        "labels_read": 13,
+        "labels_from_record": 0,
+    }
+    for options in (
+        {"aliases": {"handgun": "gun"}},
+        {"exclude": ["person"]},
+        {"classes": ["person", "Handgun", "gun"]},
+    ):
+        rebuilt = merge(sources, tmp_path / "d", **options)
+        assert not rebuilt.cache_hit
+        assert rebuilt.report["file_records"] == {
+            "images_read": 0,
+            "images_from_record": 13,
+            "labels_read": 0,
+            "labels_from_record": 13,
+        }
+        clean = merge(sources, tmp_path / f"clean-{len(options)}-{rebuilt.fingerprint}", **options)
+        assert labels_of(rebuilt) == labels_of(clean)  # the record gives what reading gives
+        assert {k: v for k, v in rebuilt.report.items() if k not in ("folder", "dataset_yaml", "file_records")} == {
+            k: v for k, v in clean.report.items() if k not in ("folder", "dataset_yaml", "file_records")
+        }
+
+
+def test_an_edited_label_is_read_again(sources, tmp_path):
+    merge(sources, tmp_path / "d")
+    label = sources[1] / "labels" / "train" / "img_2.txt"
+    label.write_text("0 0.6 0.6 0.2 0.2\n")
+    rebuilt = merge(sources, tmp_path / "d")
+    assert rebuilt.report["file_records"]["labels_read"] == 1
+    assert rebuilt.report["file_records"]["images_read"] == 0
+    assert labels_of(rebuilt)["train/b__img_2.txt"].split()[1:3] == ["0.600000", "0.600000"]
+
+
+def test_a_replaced_image_is_read_again_even_with_the_old_size_and_mtime(sources, tmp_path):
+    merge(sources, tmp_path / "d")
+    image = sources[0] / "images" / "train" / "img_1.jpg"
+    old = image.stat()
+    replacement = image.with_name(".new.jpg")
+    replacement.write_bytes(b"\0" * old.st_size)  # same size, not an image any more
+    os.utime(replacement, ns=(old.st_atime_ns, old.st_mtime_ns))
+    os.replace(replacement, image)  # a new inode, as tools that write a file and rename it give
+    assert (image.stat().st_size, image.stat().st_mtime_ns) == (old.st_size, old.st_mtime_ns)
+    rebuilt = merge(sources, tmp_path / "d")
+    assert rebuilt.report["file_records"]["images_read"] == 1
+    assert rebuilt.report["skipped_images"] == {"a": {"train": {"undecodable_image": 1}}}
+
+
+def test_a_cached_rerun_does_not_rewrite_the_record(sources, tmp_path):
+    merge(sources, tmp_path / "d")
+    (record,) = (tmp_path / "d" / "records").glob("*.marshal")
+    written = record.stat().st_mtime_ns
+    assert merge(sources, tmp_path / "d").cache_hit
+    merge(sources, tmp_path / "d", aliases={"handgun": "gun"})  # nothing new learnt either
+    assert record.stat().st_mtime_ns == written
+
+
+def test_a_damaged_record_is_ignored_and_files_are_read_again(sources, tmp_path, caplog):
+    first = merge(sources, tmp_path / "d")
+    (record,) = (tmp_path / "d" / "records").glob("*.marshal")
+    record.write_bytes(b"not a record")
+    rebuilt = merge(sources, tmp_path / "d", aliases={"handgun": "gun"})
+    assert rebuilt.report["file_records"]["images_read"] == 13
+    assert "ignoring the file record" in caplog.text
+    assert labels_of(rebuilt).keys() == labels_of(first).keys()
