@@ -1,8 +1,9 @@
 """mode=tune: search `search_space` with Ray Tune's own API, training each trial with Ultralytics.
 
-Why not `model.tune(use_ray=True)`: Ultralytics' run_ray_tune asks each trial for NUM_THREADS =
-min(8, cpus - 1) CPUs (ultralytics 8.4.190, ultralytics/utils/__init__.py), so even a 16-core node runs two
-trials at once; it takes no cluster address, shuts Ray down and records no best values. Here:
+Why not `model.tune(use_ray=True)`: Ultralytics' run_ray_tune reserves NUM_THREADS = min(8, max(1, cpus - 1))
+CPUs per trial, counted on the machine that starts the search (ultralytics 8.4.190, ultralytics/utils/__init__.py):
+a 16-core node runs two trials at once, whatever the trials need, and on a cluster every trial asks for the
+driver's count, not its node's; it takes no cluster address, shuts Ray down and records no best values. Here:
 - resources per trial come from `hardware` (cpu_per_trial, gpu_per_trial; fractions pack trials on a GPU,
   and Ray assigns the devices), and `max_concurrent_trials` trials run at once;
 - Ray runs locally (sized by hardware.num_cpus/num_gpus) or joins `hardware.ray_address`; before the
