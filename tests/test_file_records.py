@@ -111,3 +111,55 @@ def test_a_damaged_record_is_ignored_and_files_are_read_again(sources, tmp_path,
     assert rebuilt.report["file_records"]["images_read"] == 13
     assert "ignoring the file record" in caplog.text
     assert labels_of(rebuilt).keys() == labels_of(first).keys()
+
+
+def test_worker_processes_build_what_threads_build_and_fill_the_record(sources, tmp_path, monkeypatch):
+    """Big builds check their images in worker processes; the dataset, report and record are the same."""
+    import sentinel.merge
+
+    threads = merge(sources, tmp_path / "threads", workers=2)
+    monkeypatch.setattr(sentinel.merge, "PROCESS_POOL_MIN_ITEMS", 1)
+    processes = merge(sources, tmp_path / "processes", workers=2)
+    assert labels_of(processes) == labels_of(threads)
+    assert sorted(os.listdir(processes.folder / "images" / "train")) == sorted(
+        os.listdir(threads.folder / "images" / "train")
+    )
+    ignore = ("folder", "dataset_yaml")
+    assert {k: v for k, v in processes.report.items() if k not in ignore} == {
+        k: v for k, v in threads.report.items() if k not in ignore
+    }
+    rebuilt = merge(sources, tmp_path / "processes", workers=2, aliases={"handgun": "gun"})
+    assert rebuilt.report["file_records"]["images_read"] == 0  # the workers' entries reached the saved record
+
+
+def test_a_worker_process_that_dies_gives_one_clear_error(sources, tmp_path):
+    """An unguarded script re-runs itself in each worker (Python's spawn rule), whose start then fails."""
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "import sys\n"
+        "from pathlib import Path\n"
+        "import sentinel.merge\n"
+        "from omegaconf import OmegaConf\n"
+        "from sentinel.cli import run_cli\n"
+        "from sentinel.errors import SentinelError\n"
+        "from sentinel.schema import MergeConfig\n"
+        "from sentinel.sources.yolo_dir import read_source\n"
+        "sentinel.merge.PROCESS_POOL_MIN_ITEMS = 1\n"
+        "cfg = OmegaConf.merge(OmegaConf.structured(MergeConfig), {'workers': 2})\n"
+        "try:\n"
+        "    sentinel.merge.merge_sources([read_source('a', Path(sys.argv[1]))], cfg, Path(sys.argv[2]))\n"
+        "except SentinelError as error:\n"
+        "    print('ERROR:', error)\n"
+        "    sys.exit(1)\n"
+    )
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, str(script), str(sources[0]), str(tmp_path / "d")], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 1
+    # each worker re-runs the script, whose merge then refuses to start (instead of waiting for the lock)
+    errors = [ln for ln in result.stdout.splitlines() if ln.startswith("ERROR:")]
+    parent = [ln for ln in errors if "a worker process of the merge died" in ln]
+    assert len(parent) == 1 and "__main__" in parent[0] and "merge.workers=1" in parent[0], errors

@@ -239,29 +239,43 @@ KILL_SCRIPT = """
 import sys
 from pathlib import Path
 from omegaconf import OmegaConf
+import sentinel.merge
 from sentinel.merge import merge_sources
 from sentinel.schema import MergeConfig
 from sentinel.sources.yolo_dir import read_source
+if sys.argv[3] == "processes":
+    sentinel.merge.PROCESS_POOL_MIN_ITEMS = 1
 merge_sources([read_source("big", Path(sys.argv[1]))], OmegaConf.structured(MergeConfig), Path(sys.argv[2]))
 """
 
 
-KILL_POINTS = [("merge.batch", 1), ("merge.batch", 7), ("merge.batch", 20), ("atomic.before_rename", 1)]
+KILL_POINTS = [
+    ("merge.batch", 1, "threads"),
+    ("merge.batch", 7, "threads"),
+    ("merge.batch", 20, "threads"),
+    ("merge.batch", 7, "processes"),
+    ("atomic.before_rename", 1, "threads"),
+]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("point", "count"), KILL_POINTS, ids=[f"{p}:{n}" for p, n in KILL_POINTS])
-def test_kill_during_build_leaves_nothing_half_built_and_rerun_completes(tmp_path, point, count):
+@pytest.mark.parametrize(("point", "count", "pool"), KILL_POINTS, ids=[f"{p}:{n}:{w}" for p, n, w in KILL_POINTS])
+def test_kill_during_build_leaves_nothing_half_built_and_rerun_completes(tmp_path, point, count, pool):
     # The build kills itself at a chosen point (sentinel.faults): early, middle and late batches of 25, and
-    # after everything is written but before the rename. No sleep decides the moment.
+    # after everything is written but before the rename. No sleep decides the moment. With worker processes
+    # (big builds), the parent dies after folding in a batch, and its workers must not outlive it.
     source = make_source(tmp_path / "src" / "big", ["a"], {"train": files(1500, 7), "val": files(50, 8)})
     data_dir = tmp_path / "d"
     process = subprocess.run(
-        [sys.executable, "-c", KILL_SCRIPT, str(source), str(data_dir)],
-        env={**os.environ, KILL_ENV: f"{point}:{count}"},
+        [sys.executable, "-c", KILL_SCRIPT, str(source), str(data_dir), pool],
+        env={**os.environ, KILL_ENV: f"{point}:{count}", "SENTINEL_TEST_BUILD": str(tmp_path)},
         timeout=300,
+        capture_output=True,
+        text=True,
     )
-    assert process.returncode == -signal.SIGKILL  # it died at that point, by the signal
+    assert process.returncode == -signal.SIGKILL, process.stderr[-2000:]  # it died at that point, by the signal
+    if pool == "processes":
+        assert_no_process_left_from(tmp_path)
     assert list((data_dir / "merged").glob(".tmp-*"))  # and left its temporary folder behind
     for folder in (data_dir / "merged").glob("[!.]*"):  # whatever is in place must be complete
         assert (folder / ".sentinel-complete.json").is_file() and (folder / "dataset.yaml").is_file()
@@ -274,6 +288,28 @@ def test_kill_during_build_leaves_nothing_half_built_and_rerun_completes(tmp_pat
         os.listdir(clean.folder / "images" / "train")
     )
     assert not list((data_dir / "merged").glob(".tmp-*"))
+
+
+def assert_no_process_left_from(tag: Path, timeout_s: float = 30.0) -> None:
+    """No process of the killed build is left: its forkserver and workers carry SENTINEL_TEST_BUILD=<tag>.
+
+    They notice the dead parent when their pipe to it closes; the wait is bounded, and the test names them.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        left = [pid for pid in os.listdir("/proc") if pid.isdigit() and _of_build(int(pid), tag)]
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert not left, f"worker processes of the killed build still running: {left}"
+
+
+def _of_build(pid: int, tag: Path) -> bool:
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:  # gone, or not ours to read
+        return False
+    return f"SENTINEL_TEST_BUILD={tag}".encode() in environ
 
 
 @pytest.mark.slow

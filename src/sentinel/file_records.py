@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 FORMAT = 1  # bump when what is stored changes; the file name carries it, so old records are simply ignored
 LOCK_TIMEOUT_S = 60.0
 FileKey = tuple[int, int, int, int]  # (st_dev, st_ino, st_size, st_mtime_ns)
+Learnt = tuple[dict[FileKey, tuple], dict[tuple, tuple]]  # new image rows, new label rows
 
 
 def file_key(stat: tuple[int, ...]) -> FileKey:
@@ -54,7 +55,10 @@ class FileRecords:
 
     @classmethod
     def load(cls, data_dir: Path) -> FileRecords:
-        path = data_dir / "records" / f"prep-files.v{FORMAT}.marshal"
+        return cls.load_file(data_dir / "records" / f"prep-files.v{FORMAT}.marshal")
+
+    @classmethod
+    def load_file(cls, path: Path) -> FileRecords:
         images, labels = _read(path)
         return cls(path, images, labels)
 
@@ -87,6 +91,16 @@ class FileRecords:
             self._new_labels[(*key, num_classes)] = (parse.boxes, problems, parse.polygons)
 
     # --- saving -------------------------------------------------------------------------------------
+
+    def take_learnt(self) -> Learnt:
+        """The entries added since the last call (a worker process sends them to the parent, which saves)."""
+        learnt = (self._new_images, self._new_labels)
+        self._new_images, self._new_labels = {}, {}
+        return learnt
+
+    def add_learnt(self, learnt: Learnt) -> None:
+        self._new_images.update(learnt[0])
+        self._new_labels.update(learnt[1])
 
     @property
     def new_entries(self) -> int:

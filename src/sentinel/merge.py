@@ -16,10 +16,15 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import multiprocessing
 import os
 import shutil
+import signal
+import threading
+import time
 from collections import Counter, defaultdict
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -32,7 +37,7 @@ from sentinel.atomic import atomic_build, is_complete, target_lock
 from sentinel.classes import ClassMap, build_class_map
 from sentinel.errors import SentinelError
 from sentinel.faults import kill_point
-from sentinel.file_records import FileRecords, file_key
+from sentinel.file_records import FileRecords, Learnt, file_key
 from sentinel.fingerprint import stable_hash
 from sentinel.images import ImageCheck, check_image, with_extension_check
 from sentinel.labels import LabelParse, format_box, parse_label_file
@@ -129,6 +134,10 @@ class MergeResult:
 
 def merge_sources(sources: list[SourceData], merge: DictConfig, data_dir: Path) -> MergeResult:
     """Build (or find in cache) the merged dataset of `sources` under `data_dir/merged/`."""
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        # A worker process of an earlier merge is importing an unguarded main script, which calls us again: it
+        # would wait for that merge's lock forever. Fail instead; the parent then says what to do.
+        raise SentinelError("prep: merge_sources called while a worker process starts (unguarded main script)")
     class_map = build_class_map({s.name: s.names for s in sources}, merge)
     plan = plan_items(sources)
     fingerprint = merge_fingerprint(sources, plan, merge)
@@ -332,27 +341,85 @@ def build_merged(
 def _process_all(
     items: list[Item], class_map: ClassMap, merge: DictConfig, out: Path, tally: Tally, records: FileRecords
 ) -> list[Kept]:
-    """Run _process_batch over all items in a thread pool (file I/O, hashing and decoding release the GIL).
+    """Run _process_batch over all items: in worker processes for a large build, else in a thread pool.
 
+    Threads share the GIL, and on a 2-core machine four threads checking 20k small images took as long as one
+    (benchmarks/prep.py; most of the per-image work is Python). Processes run it in parallel; starting them
+    costs about a second, so small builds stay in threads. Worker processes come from a forkserver (a fork
+    of a process with threads can copy a lock another thread holds), which, as Python's spawn does, imports
+    the main script again: a script calling Sentinel must keep its work under `if __name__ == "__main__":`.
     The workers read the merge options from a plain namespace: an OmegaConf attribute access validates its
-    key each time, which cost a tenth of an incremental rebuild at 20k images.
+    key each time (a tenth of a rebuild at 20k).
     """
     from tqdm import tqdm
 
     options = SimpleNamespace(**OmegaConf.to_container(merge, resolve=True))
     batches = [items[i : i + BATCH] for i in range(0, len(items), BATCH)]
+    processes = min(merge.workers, os.cpu_count() or 1)
+    in_processes = processes > 1 and len(items) >= PROCESS_POOL_MIN_ITEMS
     kept: list[Kept] = []
-    pool = ThreadPoolExecutor(max_workers=merge.workers)
+    if in_processes:
+        pool: Executor = ProcessPoolExecutor(
+            processes,
+            mp_context=multiprocessing.get_context("forkserver"),  # fork could copy a held lock of another thread
+            initializer=_start_worker,
+            initargs=(class_map, options, out, records.path),
+        )
+    else:
+        pool = ThreadPoolExecutor(max_workers=merge.workers)
     try:
+        if in_processes:
+            results = pool.map(_process_batch_in_worker, batches)
+        else:
+            results = pool.map(lambda b: (*_process_batch(b, class_map, options, out, records), None), batches)
         with tqdm(total=len(items), desc="prep: merging", unit="img", mininterval=1.0, disable=None) as bar:
-            results = pool.map(lambda b: _process_batch(b, class_map, options, out, records), batches)
-            for batch, (batch_kept, batch_tally) in zip(batches, results, strict=True):
+            for batch, (batch_kept, batch_tally, learnt) in zip(batches, results, strict=True):
                 kept.extend(batch_kept)
                 tally.add(batch_tally)
+                if learnt is not None:
+                    records.add_learnt(learnt)
                 bar.update(len(batch))
+                kill_point("merge.batch")
+    except BrokenProcessPool:
+        raise SentinelError(
+            "prep: a worker process of the merge died before finishing its images (killed, out of memory, or "
+            "a script that calls Sentinel without `if __name__ == '__main__':`, which worker processes import "
+            "again). Fix: guard the script's main code, or set merge.workers=1 to merge in this process"
+        ) from None
     finally:
         pool.shutdown(wait=True, cancel_futures=True)  # on error, stop before the temporary folder is removed
     return kept
+
+
+PROCESS_POOL_MIN_ITEMS = 4000  # below this, starting worker processes costs more than they save
+_WORKER: dict[str, Any] = {}  # a worker process's share of the build, set once by _start_worker
+
+
+def _start_worker(class_map: ClassMap, options: SimpleNamespace, out: Path, records_path: Path) -> None:
+    """A worker process's set-up: what every batch needs, and the per-file record read from disk once."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it stops the pool
+    threading.Thread(target=_exit_when_orphaned, daemon=True, name="sentinel-orphan-watch").start()
+    _WORKER.update(class_map=class_map, options=options, out=out, records=FileRecords.load_file(records_path))
+
+
+def _exit_when_orphaned(interval_s: float = 0.5) -> None:
+    """End this worker once the build process is gone (killed): a pool worker would otherwise wait forever.
+
+    concurrent.futures' workers wait on a queue whose pipe every worker also holds, so they never see EOF,
+    and they keep the forkserver alive too. multiprocessing's parent sentinel (a pipe only the build process
+    writes) does close when that process dies, even before it is reaped.
+    """
+    parent = multiprocessing.parent_process()
+    while parent is not None and parent.is_alive():
+        time.sleep(interval_s)
+    os._exit(1)
+
+
+def _process_batch_in_worker(items: list[Item]) -> tuple[list[Kept], Tally, Learnt]:
+    """_process_batch in a worker process; what it learnt for the record goes back with the results."""
+    w = _WORKER
+    kept, tally = _process_batch(items, w["class_map"], w["options"], w["out"], w["records"])
+    return kept, tally, w["records"].take_learnt()
 
 
 def _process_batch(
@@ -373,7 +440,6 @@ def _process_batch(
             k.image_stat = (item.image_stat[0], item.image_stat[1])
         k.label_stat = write_label(os.path.join(out, "labels", item.split, f"{item.out_stem}.txt"), k.lines)
         kept.append(k)
-    kill_point("merge.batch")
     return kept, tally
 
 
