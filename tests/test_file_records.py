@@ -140,7 +140,6 @@ def test_a_worker_process_that_dies_gives_one_clear_error(sources, tmp_path):
         "from pathlib import Path\n"
         "import sentinel.merge\n"
         "from omegaconf import OmegaConf\n"
-        "from sentinel.cli import run_cli\n"
         "from sentinel.errors import SentinelError\n"
         "from sentinel.schema import MergeConfig\n"
         "from sentinel.sources.yolo_dir import read_source\n"

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import logging
 import marshal
-import os
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +26,7 @@ from filelock import FileLock
 
 from sentinel.images import ImageCheck
 from sentinel.labels import LabelParse, Problem
+from sentinel.runs import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +71,8 @@ class FileRecords:
         """Record what the content gave (extension_mismatch depends on the name, so it is stored as False)."""
         if check.problem != "unreadable_image":
             c = check
-            self._new_images[key] = (
-                *(c.digest, c.format, c.problem, c.detail, c.must_copy, False, c.size_bytes, c.width, c.height),
-            )
+            row = (c.digest, c.format, c.problem, c.detail, c.must_copy, False, c.size_bytes, c.width, c.height)
+            self._new_images[key] = row
 
     # --- labels -------------------------------------------------------------------------------------
 
@@ -115,13 +113,7 @@ class FileRecords:
             images, labels = _read(self.path)
             images.update(self._new_images)
             labels.update(self._new_labels)
-            tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex[:8]}")
-            try:
-                with open(tmp, "wb") as handle:
-                    marshal.dump((FORMAT, images, labels), handle)
-                os.replace(tmp, self.path)
-            finally:
-                tmp.unlink(missing_ok=True)
+            write_atomic(self.path, lambda tmp: tmp.write_bytes(marshal.dumps((FORMAT, images, labels))))
         self.images, self.labels = images, labels
         self._new_images, self._new_labels = {}, {}
 
