@@ -69,3 +69,14 @@ def tree_digest(root: Path) -> dict[str, str]:
         for p in sorted(root.rglob("*"))
         if p.is_file()
     }
+
+
+def ultralytics_dataset(dataset_yaml: Path, split: str):
+    """Ultralytics' own dataset for a split, built as training builds it (it loads or writes labels/<split>.cache)."""
+    from ultralytics.cfg import get_cfg
+    from ultralytics.data import build_yolo_dataset
+    from ultralytics.data.utils import check_det_dataset
+
+    data = check_det_dataset(str(dataset_yaml))
+    cfg = get_cfg(overrides={"imgsz": 64, "cache": False, "single_cls": False, "task": "detect"})
+    return build_yolo_dataset(cfg, data[split], batch=2, data=data, mode="val")

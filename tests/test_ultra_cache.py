@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from builders import jpeg_bytes, make_source, png_bytes
+from builders import jpeg_bytes, make_source, png_bytes, ultralytics_dataset
 from sentinel.merge import merge_sources
 from sentinel.schema import MergeConfig
 from sentinel.sources.yolo_dir import read_source
@@ -50,16 +50,6 @@ def merged(tmp_path):
     b = make_source(tmp_path / "src" / "b", ["knife"], {"train": {"k.jpg": (jpeg_bytes(7), "0 0.4 0.4 0.2 0.2\n")}})
     cfg = OmegaConf.structured(MergeConfig)
     return merge_sources([read_source("a", a), read_source("b", b)], cfg, tmp_path / "d")
-
-
-def ultralytics_dataset(dataset_yaml: Path, split: str):
-    from ultralytics.cfg import get_cfg
-    from ultralytics.data import build_yolo_dataset
-    from ultralytics.data.utils import check_det_dataset
-
-    data = check_det_dataset(str(dataset_yaml))
-    cfg = get_cfg(overrides={"imgsz": 64, "cache": False, "single_cls": False, "task": "detect"})
-    return build_yolo_dataset(cfg, data[split], batch=2, data=data, mode="val")
 
 
 def load_cache(path: Path) -> dict:
@@ -131,3 +121,33 @@ def test_a_moved_dataset_is_rescanned_not_misread(merged, tmp_path, caplog):
     dataset = ultralytics_dataset(moved / "dataset.yaml", "train")
     assert all(lb["im_file"].startswith(str(moved) + os.sep) for lb in dataset.labels)
     assert "New cache created" in caplog.text
+
+
+def test_prep_without_exif_images_does_not_import_torch(tmp_path):
+    """Writing the cache needs no Ultralytics import: torch is most of a big build's memory (issue 14)."""
+    import subprocess
+    import sys
+
+    make_source(
+        tmp_path / "src" / "a",
+        ["person"],
+        {
+            "train": {"x.jpg": (jpeg_bytes(1), "0 0.5 0.5 0.2 0.2\n")},
+            "val": {"y.jpg": (jpeg_bytes(2), "0 0.4 0.4 0.2 0.2\n")},
+        },
+    )
+    script = (
+        "import sys\n"
+        "from omegaconf import OmegaConf\n"
+        "from pathlib import Path\n"
+        "from sentinel.merge import merge_sources\n"
+        "from sentinel.schema import MergeConfig\n"
+        "from sentinel.sources.yolo_dir import read_source\n"
+        "if __name__ == '__main__':\n"
+        f"    r = merge_sources([read_source('a', Path({str(tmp_path / 'src' / 'a')!r}))], "
+        f"OmegaConf.structured(MergeConfig), Path({str(tmp_path / 'd')!r}))\n"
+        "    print(r.report['ultralytics_cache'], 'torch' in sys.modules, 'ultralytics' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[0] == "{'train': 'written', 'val': 'written'} False False"

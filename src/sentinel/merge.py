@@ -23,6 +23,7 @@ import signal
 import threading
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -355,23 +356,10 @@ def _process_all(
 
     options = SimpleNamespace(**OmegaConf.to_container(merge, resolve=True))
     batches = [items[i : i + BATCH] for i in range(0, len(items), BATCH)]
-    processes = min(merge.workers, os.cpu_count() or 1)
-    in_processes = processes > 1 and len(items) >= PROCESS_POOL_MIN_ITEMS
     kept: list[Kept] = []
-    if in_processes:
-        pool: Executor = ProcessPoolExecutor(
-            processes,
-            mp_context=multiprocessing.get_context("forkserver"),  # fork could copy a held lock of another thread
-            initializer=_start_worker,
-            initargs=(class_map, options, out, records.path),
-        )
-    else:
-        pool = ThreadPoolExecutor(max_workers=merge.workers)
+    pool, run_batch = _pool_for(len(items), merge.workers, class_map, options, out, records)
     try:
-        if in_processes:
-            results = pool.map(_process_batch_in_worker, batches)
-        else:
-            results = pool.map(lambda b: (*_process_batch(b, class_map, options, out, records), None), batches)
+        results = pool.map(run_batch, batches)
         with tqdm(total=len(items), desc="prep: merging", unit="img", mininterval=1.0, disable=None) as bar:
             for batch, (batch_kept, batch_tally, learnt) in zip(batches, results, strict=True):
                 kept.extend(batch_kept)
@@ -389,6 +377,37 @@ def _process_all(
     finally:
         pool.shutdown(wait=True, cancel_futures=True)  # on error, stop before the temporary folder is removed
     return kept
+
+
+BatchResult = tuple[list[Kept], Tally, Learnt | None]  # a batch's kept images, counts, and what a worker learnt
+
+
+def _pool_for(
+    n_items: int,
+    workers: int,
+    class_map: ClassMap,
+    options: SimpleNamespace,
+    out: Path,
+    records: FileRecords,
+) -> tuple[Executor, Callable[[list[Item]], BatchResult]]:
+    """The pool that checks this build's images, and the function it maps over batches.
+
+    A worker process loads the record itself and sends back what it learnt; a thread shares `records`.
+    """
+    processes = min(workers, os.cpu_count() or 1)
+    if processes > 1 and n_items >= PROCESS_POOL_MIN_ITEMS:
+        pool = ProcessPoolExecutor(
+            processes,
+            mp_context=multiprocessing.get_context("forkserver"),  # fork could copy a held lock of another thread
+            initializer=_start_worker,
+            initargs=(class_map, options, out, records.path),
+        )
+        return pool, _process_batch_in_worker
+
+    def in_thread(batch: list[Item]) -> BatchResult:
+        return (*_process_batch(batch, class_map, options, out, records), None)
+
+    return ThreadPoolExecutor(max_workers=workers), in_thread
 
 
 PROCESS_POOL_MIN_ITEMS = 4000  # below this, starting worker processes costs more than they save

@@ -24,6 +24,11 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from sentinel.merge import Kept
 
+# ultralytics.data.dataset.DATASET_CACHE_VERSION of the pinned Ultralytics (8.4.190). Kept here rather than
+# imported: that import loads torch (~500 MB), most of prep's memory, for one string. tests/test_ultra_cache.py
+# compares it with Ultralytics' own, so an upgrade that changes it fails there, not silently in a rescan.
+CACHE_VERSION = "1.0.12"
+
 # YOLODataset.get_cache_hash's scan settings for a detection dataset: (use_keypoints, nc, kpt_shape, single_cls).
 # Sentinel trains detection with single_cls off; a run that changes either only costs Ultralytics a rescan.
 
@@ -35,7 +40,6 @@ def scan_args(num_classes: int) -> str:
 def write_label_caches(out: Path, final: Path, kept: list[Kept], num_classes: int) -> dict[str, str]:
     """One cache per split in the build folder `out` (renamed to `final` later); returns what each split got."""
     import numpy as np
-    from ultralytics.data.dataset import DATASET_CACHE_VERSION
 
     by_split: dict[str, list[Kept]] = {}
     for k in kept:
@@ -52,7 +56,7 @@ def write_label_caches(out: Path, final: Path, kept: list[Kept], num_classes: in
             "hash": _cache_hash(final, split, items, num_classes),
             "results": _results(items),
             "msgs": [],
-            "version": DATASET_CACHE_VERSION,
+            "version": CACHE_VERSION,
         }
         _save(out / "labels" / f"{split}.cache", cache, np)
         written[split] = "written"
