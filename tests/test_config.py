@@ -96,6 +96,8 @@ VALUE_ERRORS = [
     ("bad_weights", ["model.weights=yolov8n.onnx"], "model.weights"),
     ("bad_link_mode", ["merge.link=reflink"], "merge.link"),
     ("include_and_exclude", ["merge.include=[gun]", "merge.exclude=[gun]"], "merge.include"),
+    ("balance_target_below_one", ["merge.balance_target_ratio=0.5"], "merge.balance_target_ratio"),
+    ("class_weights_over_one", ["training.class_weights=2"], "training.class_weights"),
 ]
 
 
@@ -226,3 +228,11 @@ def test_an_unexpected_skip_fails_the_session(tmp_path):
     assert result.returncode == 1, result.stdout[-2000:]
     assert "UNEXPECTED SKIP: " in result.stdout and "test_quietly_skipped" in result.stdout
     assert "UNEXPECTED SKIP: test_skips.py::test_expected" not in result.stdout
+
+
+def test_class_weights_reach_ultralytics_as_cls_pw_and_are_absent_when_off(compose_cfg):
+    """training.class_weights is Ultralytics' cls_pw; off, the arguments (and earlier runs' keys) are unchanged."""
+    from sentinel.ultra import fixed_training_args
+
+    assert "cls_pw" not in fixed_training_args(compose_cfg())
+    assert fixed_training_args(compose_cfg("training.class_weights=0.5"))["cls_pw"] == 0.5

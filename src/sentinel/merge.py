@@ -35,6 +35,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from sentinel.atomic import atomic_build, is_complete, target_lock
+from sentinel.balance import balance_section
 from sentinel.classes import ClassMap, build_class_map
 from sentinel.errors import SentinelError
 from sentinel.faults import kill_point
@@ -56,7 +57,7 @@ from sentinel.ultra_cache import write_label_caches
 
 log = logging.getLogger(__name__)
 
-MERGE_VERSION = 3  # bump when the output format changes, so old caches are not reused
+MERGE_VERSION = 4  # bump when the output format changes, so old caches are not reused
 FINGERPRINT_KEYS = (
     "aliases",
     "include",
@@ -66,6 +67,9 @@ FINGERPRINT_KEYS = (
     "keep_unlabeled_images",
     "drop_leaks",
     "link",
+    "balance",
+    "balance_target_ratio",
+    "balance_warn_ratio",
 )
 BATCH = 64
 READ_COUNTS = ("images_read", "images_from_record", "labels_read", "labels_from_record")
@@ -327,12 +331,25 @@ def build_merged(
     for split in ("train", "val"):
         if not any(k.item.split == split for k in kept):
             raise PrepFailed(why_no_images(split, plan, report), report)
-    report["ultralytics_cache"] = write_label_caches(out, final, kept, len(class_map.names))
+    train = sorted((k for k in kept if k.item.split == "train"), key=lambda k: k.item.out_image_name)
+    report["balance"], repeats = balance_section(
+        [k.classes for k in train],
+        class_map.names,
+        merge.balance,
+        merge.balance_target_ratio,
+        merge.balance_warn_ratio,
+    )
+    listed = [k for k in kept if k.item.split != "train"]  # what Ultralytics will list: train with its repeats
+    listed += [k for k, r in zip(train, repeats, strict=True) for _ in range(r)]
+    report["ultralytics_cache"] = write_label_caches(out, final, listed, len(class_map.names))
     splits = sorted({k.item.split for k in kept}, key=SPLITS.index)
     for split in {item.split for item in plan.items} - set(splits):
         (out / "images" / split).rmdir()
         (out / "labels" / split).rmdir()
-    _write_dataset_yaml(out, final, class_map.names, splits)
+    train_list = None
+    if merge.balance == "oversample":
+        train_list = _write_train_list(out, final, train, repeats)
+    _write_dataset_yaml(out, final, class_map.names, splits, train_list)
     train_images = os.path.join(out, "images", "train")
     samples = [(os.path.join(train_images, k.item.out_image_name), k.lines) for k in kept if k.item.split == "train"]
     write_report(report, out / "report", samples, class_map.names, merge.samples_grid)
@@ -590,12 +607,24 @@ def place_file(source: str | Path, target: str | Path, link: str) -> str:
     return "copy"
 
 
-def _write_dataset_yaml(out: Path, final: Path, names: list[str], splits: list[str]) -> None:
+def _write_dataset_yaml(
+    out: Path, final: Path, names: list[str], splits: list[str], train_list: str | None = None
+) -> None:
     data: dict[str, Any] = {"path": str(final)}
     data.update({split: f"images/{split}" for split in splits})
+    if train_list:
+        data["train"] = train_list
     data["nc"] = len(names)
     data["names"] = dict(enumerate(names))
     (out / "dataset.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def _write_train_list(out: Path, final: Path, train: list[Kept], repeats: list[int]) -> str:
+    """train.txt: each training image's final path, once per repeat (merge.balance=oversample; no copies)."""
+    images = os.path.join(final, "images", "train", "")
+    lines = [f"{images}{k.item.out_image_name}\n" for k, r in zip(train, repeats, strict=True) for _ in range(r)]
+    (out / "train.txt").write_text("".join(lines))
+    return "train.txt"
 
 
 # --- report ---------------------------------------------------------------------------------------------

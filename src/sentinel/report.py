@@ -8,6 +8,7 @@ import random
 from pathlib import Path
 from typing import Any
 
+from sentinel.balance import balance_markdown
 from sentinel.runs import save_figure_atomic, write_atomic, write_text_atomic
 
 Sample = tuple[str | Path, list[str]]  # a training image and its merged label lines
@@ -101,6 +102,8 @@ def summary_markdown(report: dict[str, Any]) -> str:
         )
     if report.get("ultralytics_cache"):
         lines.append(f"Ultralytics label cache: {report['ultralytics_cache']}.")
+    if report.get("balance"):
+        lines += balance_markdown(report["balance"])
     lines.append("")
     if report["problem_examples"]:
         lines += ["## First problems", "", *[f"- {e}" for e in report["problem_examples"][:20]], ""]

@@ -40,6 +40,13 @@ class OnBadLabel(str, Enum):
     fail = "fail"
 
 
+class Balance(str, Enum):
+    """How prep evens out classes in the training split (sentinel.balance)."""
+
+    none = "none"
+    oversample = "oversample"
+
+
 # --- datasets: one schema per source type -------------------------------------------------------------
 
 
@@ -127,6 +134,9 @@ class MergeConfig:
     link: str = "hardlink"
     workers: int = 4
     samples_grid: int = 16
+    balance: Balance = Balance.none
+    balance_target_ratio: float = 2.0
+    balance_warn_ratio: float = 10.0
 
 
 # --- augmentation: Ultralytics' own defaults (ultralytics/cfg/default.yaml) -----------------------------
@@ -197,6 +207,13 @@ class ModelConfig:
     epochs: int = 100
     patience: int = 100
     output_name: str = "sentinel.pt"
+
+
+@dataclass
+class TrainingConfig:
+    """Training settings that are neither augmentation nor the model's size (tune and fine-tune share them)."""
+
+    class_weights: float = 0.0  # Ultralytics' cls_pw: class-loss weight (1 / training boxes) ** p, 0 = off
 
 
 # --- stage settings (the issues for tune/finetune/export/evaluate fill these in) ------------------------
@@ -272,6 +289,7 @@ class SentinelConfig:
     search_space: dict[str, Any] = field(default_factory=dict)
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     export: ExportConfig = field(default_factory=ExportConfig)

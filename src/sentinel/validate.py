@@ -35,6 +35,7 @@ def validate(cfg: DictConfig) -> None:
     _check_search_space(cfg.search_space)
     _check_hardware(cfg.hardware)
     _check_model(cfg.model)
+    _check_training(cfg.training)
     _check_tune(cfg.tune)
     _check_stages(cfg)
     _check_data_dir(cfg.data_dir)
@@ -93,6 +94,9 @@ def _check_merge(merge: DictConfig) -> None:
     overlap = set(merge.include) & set(merge.exclude)
     if overlap:
         raise ConfigError("merge.include", f"{sorted(overlap)} also in merge.exclude", "list a class in one of them")
+    for key in ("balance_target_ratio", "balance_warn_ratio"):
+        if not merge[key] >= 1.0:
+            raise ConfigError(f"merge.{key}", f"must be at least 1 (most / least frequent class), got {merge[key]}")
 
 
 def _check_search_space(space: DictConfig) -> None:
@@ -111,6 +115,13 @@ def _check_search_space(space: DictConfig) -> None:
             raise ConfigError(f"{key}.low", f"low ({low}) must be below high ({high})")
         if spec.dist == "loguniform" and low <= 0:
             raise ConfigError(f"{key}.low", f"loguniform needs low > 0, got {low}")
+
+
+def _check_training(training: DictConfig) -> None:
+    if not 0.0 <= training.class_weights <= 1.0:  # Ultralytics asserts it deep in training otherwise
+        raise ConfigError(
+            "training.class_weights", f"must be between 0 and 1, got {training.class_weights}", "use 0 (off) to 1"
+        )
 
 
 def _check_hardware(hw: DictConfig) -> None:
