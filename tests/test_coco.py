@@ -14,8 +14,8 @@ from omegaconf import OmegaConf
 from builders import jpeg_bytes
 from conftest import free_port, run_train
 from sentinel.errors import SentinelError
+from sentinel.fiftyone_db import check_mongodb
 from sentinel.schema import CocoSource
-from sentinel.sources.coco import check_mongodb
 
 pytestmark = pytest.mark.slow
 

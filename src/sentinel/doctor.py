@@ -116,7 +116,7 @@ def torch_check(device: str) -> Check:
 def mongodb_check(cfg: DictConfig, needed: bool) -> Check:
     uris = sorted({s.database_uri for s in cfg.datasets.values() if s.type == "coco" and s.database_uri})
     if uris:
-        from sentinel.sources.coco import check_mongodb
+        from sentinel.fiftyone_db import check_mongodb
 
         try:
             for uri in uris:

@@ -54,6 +54,12 @@ def run_evaluate(cfg: DictConfig, run_dir: Path) -> Any:
     return evaluate(cfg, run_dir)
 
 
+def run_inspect(cfg: DictConfig, run_dir: Path) -> Any:
+    from sentinel.inspection import inspect
+
+    return inspect(cfg, run_dir)
+
+
 def run_doctor(cfg: DictConfig, run_dir: Path) -> Any:
     from sentinel.doctor import doctor
 
@@ -74,6 +80,7 @@ STAGES: dict[Mode, Callable[[DictConfig, Path], Any]] = {
     Mode.export: run_export,
     Mode.evaluate: run_evaluate,
     Mode.compare: run_compare,
+    Mode.inspect: run_inspect,
 }
 
 

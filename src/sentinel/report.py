@@ -142,10 +142,8 @@ def draw_samples(
     from PIL import Image, ImageDraw
 
     chosen = random.Random(seed).sample(samples, min(count, len(samples)))
-    cols = max(1, int(len(chosen) ** 0.5 + 0.999))
-    rows = (len(chosen) + cols - 1) // cols
-    sheet = Image.new("RGB", (cols * tile, rows * tile), (32, 32, 32))
-    for index, (image_path, lines) in enumerate(chosen):
+    tiles = []
+    for image_path, lines in chosen:
         with Image.open(image_path) as img:
             img = img.convert("RGB").resize((tile, tile))
         draw = ImageDraw.Draw(img)
@@ -161,8 +159,24 @@ def draw_samples(
             )
             draw.rectangle(box, outline=colour, width=2)
             draw.text((box[0] + 2, box[1] + 1), names[cid], fill=colour)
-        sheet.paste(img, ((index % cols) * tile, (index // cols) * tile))
+        tiles.append(img)
+    sheet = tile_sheet(tiles, tile)
     write_atomic(path, lambda tmp: sheet.save(tmp, format="PNG"))
+
+
+def tile_sheet(tiles: list[Any], tile: int, caption: str = "") -> Any:
+    """Square `tile`-pixel images on a near-square grid, with an optional caption line above them."""
+    from PIL import Image, ImageDraw
+
+    cols = max(1, int(len(tiles) ** 0.5 + 0.999))
+    rows = max(1, (len(tiles) + cols - 1) // cols)
+    top = 20 if caption else 0
+    sheet = Image.new("RGB", (cols * tile, rows * tile + top), (32, 32, 32))
+    if caption:
+        ImageDraw.Draw(sheet).text((4, 4), caption, fill=(255, 255, 255))
+    for index, img in enumerate(tiles):
+        sheet.paste(img, ((index % cols) * tile, top + (index // cols) * tile))
+    return sheet
 
 
 def draw_samples_from_dataset(folder: Path, count: int, path: Path) -> None:

@@ -30,6 +30,7 @@ class Mode(str, Enum):
     all = "all"
     doctor = "doctor"
     compare = "compare"
+    inspect = "inspect"
 
 
 class OnBadLabel(str, Enum):
@@ -251,6 +252,20 @@ class EvaluateConfig:
 
 
 @dataclass
+class InspectConfig:
+    """mode=inspect: where the detector fails, in FiftyOne (sentinel.inspection)."""
+
+    iou: float = 0.5
+    gallery: int = 12
+    worst: int = 10
+    app: bool = False
+    address: str = "127.0.0.1"
+    port: int = 5151
+    persistent: bool = False
+    database_uri: str = ""
+
+
+@dataclass
 class CompareConfig:
     """mode=compare: which earlier runs, and by which metric (sentinel.compare)."""
 
@@ -294,6 +309,7 @@ class SentinelConfig:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    inspect: InspectConfig = field(default_factory=InspectConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
 

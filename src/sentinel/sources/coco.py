@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import uuid
 from pathlib import Path
 from typing import Any
@@ -24,52 +23,12 @@ import yaml
 from omegaconf import DictConfig
 
 from sentinel.errors import SentinelError
+from sentinel.fiftyone_db import import_fiftyone
 
 log = logging.getLogger(__name__)
 
 ZOO_NAME = "coco-2017"
-PING_TIMEOUT_MS = 3000
 ZOO_TO_YOLO_SPLIT = {"train": "train", "validation": "val"}
-
-
-def check_mongodb(uri: str) -> None:
-    """Ping `uri` with a short timeout; raise a SentinelError that says how to fix it."""
-    from pymongo import MongoClient
-    from pymongo.errors import PyMongoError
-
-    try:
-        client: MongoClient[Any] = MongoClient(uri, serverSelectionTimeoutMS=PING_TIMEOUT_MS)
-        try:
-            client.admin.command("ping")
-        finally:
-            client.close()
-    except PyMongoError as error:
-        raise SentinelError(
-            f"MongoDB at {uri} is not reachable ({type(error).__name__}). Fix: start it (e.g. `mongod --dbpath "
-            '<folder> --port 27017`), correct datasets.<name>.database_uri, or set it to "" to let FiftyOne '
-            "start its own mongod"
-        ) from None
-
-
-def import_fiftyone(database_uri: str) -> Any:
-    """Import FiftyOne against the right database; its first import connects, so the URI goes first."""
-    os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")  # the bundled mongod 6.0 is "old" to it
-    if database_uri:
-        check_mongodb(database_uri)
-        os.environ["FIFTYONE_DATABASE_URI"] = database_uri
-    try:
-        import fiftyone as fo
-
-        fo.list_datasets()  # forces the connection (and FiftyOne's own mongod) now, not mid-export
-    except SentinelError:
-        raise
-    except Exception as error:  # FiftyOne raises several service/config error types here
-        raise SentinelError(
-            f"FiftyOne could not reach MongoDB ({type(error).__name__}: {str(error)[:200]}). Fix: run "
-            "scripts/setup.sh (it installs the mongod FiftyOne starts), or point datasets.<name>.database_uri "
-            "at a running MongoDB"
-        ) from None
-    return fo
 
 
 def export_coco(cfg: DictConfig, out: Path, final: Path) -> None:
