@@ -98,6 +98,8 @@ VALUE_ERRORS = [
     ("include_and_exclude", ["merge.include=[gun]", "merge.exclude=[gun]"], "merge.include"),
     ("balance_target_below_one", ["merge.balance_target_ratio=0.5"], "merge.balance_target_ratio"),
     ("class_weights_over_one", ["training.class_weights=2"], "training.class_weights"),
+    ("inspect_iou_zero", ["inspect.iou=0"], "inspect.iou"),
+    ("inspect_port_out_of_range", ["inspect.port=70000"], "inspect.port"),
 ]
 
 

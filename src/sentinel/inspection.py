@@ -18,6 +18,7 @@ deleted first, never merged into.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -85,7 +86,7 @@ def inspect(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     fo = import_fiftyone(cfg.inspect.database_uri, "inspect.database_uri")  # fail before the model runs
     seen = validate_and_record(cfg, weights, merged.dataset_yaml, split, run_dir)
     name = dataset_name(run_dir)
-    dataset = load_into_fiftyone(fo, name, seen, merged.folder, names, cfg.inspect.persistent)
+    dataset = load_into_fiftyone(fo, name, seen, names, cfg.inspect.persistent)
     try:
         errors = find_errors(dataset, names, cfg.inspect.iou, cfg.inspect.worst)
         errors.update(split=split, note=note, weights=str(weights), conf=seen.conf, conf_rule=CONF_RULE)
@@ -141,6 +142,8 @@ def validate_and_record(cfg: DictConfig, weights: Path, dataset_yaml: Path, spli
         plots=False,
         verbose=False,
     )
+    with contextlib.suppress(OSError):  # with plots off the validator leaves its folder empty
+        Path(results.save_dir).rmdir()
     box = results.box
     f1 = box.f1_curve
     # ultralytics.utils.metrics.ap_per_class: P and R are read at this index of the 1000-point confidence grid

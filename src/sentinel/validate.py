@@ -36,6 +36,7 @@ def validate(cfg: DictConfig) -> None:
     _check_hardware(cfg.hardware)
     _check_model(cfg.model)
     _check_training(cfg.training)
+    _check_inspect(cfg.inspect)
     _check_tune(cfg.tune)
     _check_stages(cfg)
     _check_data_dir(cfg.data_dir)
@@ -122,6 +123,16 @@ def _check_training(training: DictConfig) -> None:
         raise ConfigError(
             "training.class_weights", f"must be between 0 and 1, got {training.class_weights}", "use 0 (off) to 1"
         )
+
+
+def _check_inspect(inspect: DictConfig) -> None:
+    if not 0.0 < inspect.iou <= 1.0:
+        raise ConfigError("inspect.iou", f"must be above 0 and at most 1, got {inspect.iou}", "use e.g. 0.5")
+    for key in ("gallery", "worst"):
+        if inspect[key] < 0:
+            raise ConfigError(f"inspect.{key}", f"must be 0 or more, got {inspect[key]}")
+    if not 1 <= inspect.port <= 65535:
+        raise ConfigError("inspect.port", f"{inspect.port} is not a TCP port", "use e.g. 5151")
 
 
 def _check_hardware(hw: DictConfig) -> None:
