@@ -119,7 +119,10 @@ def test_worker_processes_build_what_threads_build_and_fill_the_record(sources, 
 
     threads = merge(sources, tmp_path / "threads", workers=2)
     monkeypatch.setattr(sentinel.merge, "PROCESS_POOL_MIN_ITEMS", 1)
+    pools, real_pool = [], sentinel.merge.ProcessPoolExecutor
+    monkeypatch.setattr(sentinel.merge, "ProcessPoolExecutor", lambda *a, **k: pools.append(1) or real_pool(*a, **k))
     processes = merge(sources, tmp_path / "processes", workers=2)
+    assert pools == [1]
     assert labels_of(processes) == labels_of(threads)
     assert sorted(os.listdir(processes.folder / "images" / "train")) == sorted(
         os.listdir(threads.folder / "images" / "train")
@@ -130,6 +133,7 @@ def test_worker_processes_build_what_threads_build_and_fill_the_record(sources, 
     }
     rebuilt = merge(sources, tmp_path / "processes", workers=2, aliases={"handgun": "gun"})
     assert rebuilt.report["file_records"]["images_read"] == 0  # the workers' entries reached the saved record
+    assert pools == [1]  # and a rebuild that reads no image starts no worker process: threads are faster there
 
 
 def test_a_worker_process_that_dies_gives_one_clear_error(sources, tmp_path):

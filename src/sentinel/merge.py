@@ -374,7 +374,8 @@ def _process_all(
     options = SimpleNamespace(**OmegaConf.to_container(merge, resolve=True))
     batches = [items[i : i + BATCH] for i in range(0, len(items), BATCH)]
     kept: list[Kept] = []
-    pool, run_batch = _pool_for(len(items), merge.workers, class_map, options, out, records)
+    to_read = sum(1 for item in items if file_key(item.image_stat) not in records.images)
+    pool, run_batch = _pool_for(to_read, merge.workers, class_map, options, out, records)
     try:
         results = pool.map(run_batch, batches)
         with tqdm(total=len(items), desc="prep: merging", unit="img", mininterval=1.0, disable=None) as bar:
@@ -400,7 +401,7 @@ BatchResult = tuple[list[Kept], Tally, Learnt | None]  # a batch's kept images, 
 
 
 def _pool_for(
-    n_items: int,
+    to_read: int,
     workers: int,
     class_map: ClassMap,
     options: SimpleNamespace,
@@ -409,10 +410,13 @@ def _pool_for(
 ) -> tuple[Executor, Callable[[list[Item]], BatchResult]]:
     """The pool that checks this build's images, and the function it maps over batches.
 
-    A worker process loads the record itself and sends back what it learnt; a thread shares `records`.
+    Processes pay off for images that must be read and decoded (`to_read`, not found in the per-file
+    record); a rebuild that only changes merge options reads none, and there starting processes, each
+    loading the record, and sending every result back cost more than the parallel pass saves. A worker
+    process loads the record itself and sends back what it learnt; a thread shares `records`.
     """
     processes = min(workers, os.cpu_count() or 1)
-    if processes > 1 and n_items >= PROCESS_POOL_MIN_ITEMS:
+    if processes > 1 and to_read >= PROCESS_POOL_MIN_ITEMS:
         pool = ProcessPoolExecutor(
             processes,
             mp_context=multiprocessing.get_context("forkserver"),  # fork could copy a held lock of another thread
@@ -427,7 +431,7 @@ def _pool_for(
     return ThreadPoolExecutor(max_workers=workers), in_thread
 
 
-PROCESS_POOL_MIN_ITEMS = 4000  # below this, starting worker processes costs more than they save
+PROCESS_POOL_MIN_ITEMS = 4000  # images to read: below this, starting worker processes costs more than they save
 _WORKER: dict[str, Any] = {}  # a worker process's share of the build, set once by _start_worker
 
 
