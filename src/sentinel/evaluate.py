@@ -63,19 +63,7 @@ def evaluate(cfg: DictConfig, run_dir: Path, weights: Path | None = None, skip_i
     claim_run_folder(run_dir, "evaluate", key)
 
     provide_offline_font()
-    results = load_yolo(weights).val(
-        data=str(merged.dataset_yaml),
-        split=split,
-        imgsz=cfg.model.imgsz,
-        batch=cfg.model.batch,
-        device=ultralytics_device(cfg.hardware.device),
-        workers=cfg.hardware.workers,
-        project=str(run_dir),
-        name="evaluate",
-        exist_ok=True,
-        plots=True,
-        verbose=False,
-    )
+    results = load_yolo(weights).val(**val_args(cfg, merged.dataset_yaml, split, run_dir / "evaluate", plots=True))
     metrics = metrics_table(results, split, note, str(weights))
     if cfg.evaluate.compare_to:
         add_comparison(metrics, cfg.evaluate.compare_to, data_dir, merged.fingerprint)
@@ -94,6 +82,23 @@ def evaluate(cfg: DictConfig, run_dir: Path, weights: Path | None = None, skip_i
         {"metrics_json": str(run_dir / "metrics.json"), "dataset": merged.fingerprint, "weights": str(weights)},
     )
     return EvaluateResult(metrics, run_dir / "metrics.json")
+
+
+def val_args(cfg: DictConfig, dataset_yaml: Path, split: str, save_dir: Path, plots: bool) -> dict[str, Any]:
+    """Ultralytics' val() arguments for this config: mode=inspect validates exactly as mode=evaluate does."""
+    return {
+        "data": str(dataset_yaml),
+        "split": split,
+        "imgsz": cfg.model.imgsz,
+        "batch": cfg.model.batch,
+        "device": ultralytics_device(cfg.hardware.device),
+        "workers": cfg.hardware.workers,
+        "project": str(save_dir.parent),
+        "name": save_dir.name,
+        "exist_ok": True,
+        "plots": plots,
+        "verbose": False,
+    }
 
 
 def tracked_metrics(metrics: dict[str, Any]) -> dict[str, float]:

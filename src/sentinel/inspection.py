@@ -32,7 +32,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from sentinel.errors import SentinelError
-from sentinel.evaluate import choose_split
+from sentinel.evaluate import choose_split, val_args
 from sentinel.export import resolve_weights, weights_key
 from sentinel.fiftyone_db import import_fiftyone
 from sentinel.fingerprint import stable_hash
@@ -41,7 +41,7 @@ from sentinel.report import tile_sheet
 from sentinel.runs import claim_run_folder, record_result, write_atomic, write_text_atomic
 from sentinel.sources.yolo_dir import class_names_of
 from sentinel.tracking import active
-from sentinel.ultra import check_device, load_yolo, provide_offline_font, ultralytics_device
+from sentinel.ultra import check_device, load_yolo, provide_offline_font
 
 log = logging.getLogger(__name__)
 
@@ -128,20 +128,8 @@ def validate_and_record(cfg: DictConfig, weights: Path, dataset_yaml: Path, spli
 
     seen: dict[str, Predicted] = {}
     provide_offline_font()
-    results = load_yolo(weights).val(
-        validator=recording_validator(seen),
-        data=str(dataset_yaml),
-        split=split,
-        imgsz=cfg.model.imgsz,
-        batch=cfg.model.batch,
-        device=ultralytics_device(cfg.hardware.device),
-        workers=cfg.hardware.workers,
-        project=str(run_dir),
-        name="inspect",
-        exist_ok=True,
-        plots=False,
-        verbose=False,
-    )
+    args = val_args(cfg, dataset_yaml, split, run_dir / "inspect", plots=False)
+    results = load_yolo(weights).val(validator=recording_validator(seen), **args)
     with contextlib.suppress(OSError):  # with plots off the validator leaves its folder empty
         Path(results.save_dir).rmdir()
     box = results.box

@@ -202,6 +202,11 @@ def summary(run_dir: Path, results: dict[str, Any]) -> str:
     if "evaluate" in results:
         means = results["evaluate"].metrics["means"]
         add("evaluate", f"mAP50-95 {means['map50-95']:.4f}, mAP50 {means['map50']:.4f}; {run_dir / 'metrics.md'}")
+    if "inspect" in results:
+        missed = sum(row["false_negatives"] for row in results["inspect"]["classes"])
+        alarms = sum(row["false_positives"] for row in results["inspect"]["classes"])
+        add("inspect", f"{missed} boxes missed, {alarms} false alarms; {run_dir / 'errors.md'}")
+        lines.append(f"{'':<12}{run_dir / 'missed.png'}, {run_dir / 'false_alarms.png'}")
     if "compare" in results:
         compared = results["compare"]
         add("compare", f"{len(compared.runs)} runs, differing keys: {', '.join(compared.differing) or 'none'}")
