@@ -87,10 +87,7 @@ class Item:
     image_stat: FileStat
     out_stem: str
     num_classes: int
-
-    @property
-    def out_image_name(self) -> str:
-        return f"{self.out_stem}{os.path.splitext(self.image)[1].lower()}"
+    out_image_name: str  # out_stem + the image's extension, lower case; computed once (a build reads it ~5x)
 
 
 @dataclass
@@ -208,9 +205,11 @@ def plan_items(sources: list[SourceData]) -> Plan:
                 for image, rel, image_stat in images:
                     label = label_path_for(image)
                     label_stat = labels.pop(label, None) if labels is not None else stat_or_none(label)
-                    stem = _unique_stem(prefix + rel[: rel.rfind(".")].replace("/", "__"), split, used_stems)
+                    dot = rel.rfind(".")
+                    stem = _unique_stem(prefix + rel[:dot].replace("/", "__"), split, used_stems)
+                    name = stem + rel[dot:].lower()
                     items.append(
-                        Item(source.name, split, image, label, label_stat, image_stat, stem, len(source.names))
+                        Item(source.name, split, image, label, label_stat, image_stat, stem, len(source.names), name)
                     )
                 for orphan in sorted(labels or {}):
                     orphans[source.name][split] += 1
