@@ -38,3 +38,4 @@ bench: setup
 	$(PY) benchmarks/tune.py
 	$(PY) benchmarks/finetune.py
 	$(PY) benchmarks/gpu_packing.py
+	$(PY) benchmarks/balance.py
