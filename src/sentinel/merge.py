@@ -3,7 +3,8 @@
 Output: data_dir/merged/<fingerprint>/ with images/<split>/ (links to the sources' files, named
 `<source>__<path>` so equal file names cannot collide), freshly written labels/<split>/ in one class space,
 a dataset.yaml with an absolute `path`, Ultralytics' label caches labels/<split>.cache (sentinel.ultra_cache:
-the first training reads them instead of scanning every image again), and report/. The fingerprint hashes
+the first training reads them instead of scanning every image again), with merge.balance=oversample a
+train.txt listing rare classes' images more than once (sentinel.balance), and report/. The fingerprint hashes
 the merge settings and every input file's path and stat, so an unchanged rerun is a cache hit that does no
 work, and any change builds a new folder. Each build happens in a temporary folder that is renamed into
 place when complete; since a folder's content never changes after the rename, its caches cannot be stale.
