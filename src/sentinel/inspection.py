@@ -171,7 +171,7 @@ def recording_validator(seen: dict[str, Predicted]) -> type:
 # --- FiftyOne ---------------------------------------------------------------------------------------------
 
 
-def load_into_fiftyone(fo: Any, name: str, seen: ValPass, folder: Path, names: list[str], persistent: bool) -> Any:
+def load_into_fiftyone(fo: Any, name: str, seen: ValPass, names: list[str], persistent: bool) -> Any:
     """A FiftyOne dataset of the split: `ground_truth` from the merged labels, `predictions` from the pass."""
     if fo.dataset_exists(name):
         log.info("inspect: replacing the earlier FiftyOne dataset %s", name)
