@@ -11,6 +11,7 @@ from hydra.errors import ConfigCompositionException, MissingConfigException
 
 from conftest import CONF_DIR, REPO, run_train
 from sentinel.errors import ConfigError
+from sentinel.schema import Mode
 from sentinel.validate import validate
 
 GROUPS = ["datasets", "augmentation", "search_space", "hardware", "model", "tracking", "experiment"]
@@ -124,7 +125,7 @@ def test_missing_required_value_fails_naming_the_key(compose_cfg, tmp_path):
 
 CLI_ERRORS = [
     ("typo", ["datasets.guns.workspcae=x", "datasets=[guns]"], "workspcae"),
-    ("unknown_mode", ["mode=tunee"], "expected one of [prep, tune, finetune, export, evaluate, all, doctor, compare]"),
+    ("unknown_mode", ["mode=tunee"], f"expected one of [{', '.join(m.value for m in Mode)}]"),
     ("unknown_dataset_lists_options", ["datasets=[coco,cocoo]"], "Available options in 'datasets': coco, demo"),
     ("wrong_type", ["model.epochs=abc"], "model.epochs"),
     ("cfg_with_multirun", ["-m", "model=yolov8n,yolov8s"], "Only one of --run, --multirun, --cfg"),

@@ -147,7 +147,11 @@ def validate_and_record(cfg: DictConfig, weights: Path, dataset_yaml: Path, spli
 
 
 def recording_validator(seen: dict[str, Predicted]) -> type:
-    """Ultralytics' DetectionValidator, also keeping each image's boxes scaled back to the original image."""
+    """Ultralytics' DetectionValidator, also keeping each image's boxes scaled back to the original image.
+
+    It calls the validator's own `_prepare_batch` and `scale_preds` (ultralytics 8.4.190), as its JSON export
+    does; tests/test_inspect.py compares the result with mode=evaluate, so a change there fails a test.
+    """
     from ultralytics.models.yolo.detect import DetectionValidator
 
     class RecordingValidator(DetectionValidator):
