@@ -349,19 +349,25 @@ def draw_gallery(dataset: Any, count_field: str, count: int, what: str, path: Pa
 
 
 def serve_app(fo: Any, dataset: Any, settings: DictConfig) -> None:
-    """The FiftyOne App on the dataset in remote mode, until Ctrl-C (or SIGTERM)."""
-    session = fo.launch_app(dataset, remote=True, address=settings.address, port=settings.port)
-    url = f"http://{settings.address}:{settings.port}/"
-    print(f"inspect: the FiftyOne App serves {dataset.name} at {url} — Ctrl-C to stop", flush=True)
-    log.info("inspect: FiftyOne App at %s", url)
+    """The FiftyOne App on the dataset in remote mode, until Ctrl-C (or SIGTERM).
+
+    Both signals only set an event, from before the App starts: the App answers HTTP before launch_app
+    returns, so a Ctrl-C then must end the wait, not raise KeyboardInterrupt inside FiftyOne's start-up.
+    """
     stop = threading.Event()
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stops = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in stops}
     try:
-        while not stop.wait(0.5):
-            pass
-    except KeyboardInterrupt:
-        pass
+        session = fo.launch_app(dataset, remote=True, address=settings.address, port=settings.port)
+        try:
+            url = f"http://{settings.address}:{settings.port}/"
+            print(f"inspect: the FiftyOne App serves {dataset.name} at {url} — Ctrl-C to stop", flush=True)
+            log.info("inspect: FiftyOne App at %s", url)
+            while not stop.wait(0.5):
+                pass
+        finally:
+            session.close()
     finally:
-        signal.signal(signal.SIGTERM, previous)
-        session.close()
-        print("inspect: the App stopped", flush=True)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    print("inspect: the App stopped", flush=True)
