@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import pytest
 from PIL import Image
 
 from builders import make_source
-from conftest import free_port, kill_process_tree, run_train, start_train
+from conftest import REPO, free_port, kill_process_tree, run_train
 from sentinel.inspection import PREDICTED, TRUTH
 
 pytestmark = pytest.mark.slow
@@ -148,23 +147,37 @@ def answers_http(url: str) -> bool:
         return False
 
 
-@pytest.mark.timeout(400)
+@pytest.mark.timeout(400)  # the bound on every wait below: a hang fails here
 def test_the_app_serves_the_dataset_until_stopped(project):
+    """Ctrl-C comes once the run says the App serves (that line is printed after launch_app returns), and the
+    App's server goes with the run. Nothing here waits on a clock: each wait is for a line or a process."""
+    import psutil
+
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
-    process = start_train(args_for(project, "app", "mode=inspect", "inspect.app=true", f"inspect.port={port}"), project)
+    args = args_for(project, "app", "mode=inspect", "inspect.app=true", f"inspect.port={port}")
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "train.py"), *args],
+        cwd=project,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
     try:
-        deadline = time.monotonic() + 300  # the inspection itself, then the App's server start
-        while not answers_http(url):
-            assert process.poll() is None, "mode=inspect ended before the App answered"
-            assert time.monotonic() < deadline, f"the App did not answer at {url} within 300 s"
-            time.sleep(1)
+        serving = next((line for line in process.stdout if "Ctrl-C to stop" in line), None)
+        assert serving is not None and url in serving, "mode=inspect ended before serving the App"
+        assert answers_http(url)
+        family = psutil.Process(process.pid).children(recursive=True)
+        servers = [p for p in family if str(port) in " ".join(p.cmdline())]
+        assert servers, "no App server process among the run's children"
         os.kill(process.pid, signal.SIGINT)  # Ctrl-C
-        assert process.wait(timeout=120) == 0
-        deadline = time.monotonic() + 30  # FiftyOne's service wrapper stops the App's server when we are gone
-        while answers_http(url):
-            assert time.monotonic() < deadline, f"the App still answers at {url} after mode=inspect ended"
-            time.sleep(0.5)
+        process.stdout.read()  # the rest of its output, so it never blocks on a full pipe
+        assert process.wait() == 0
+        psutil.wait_procs(servers)  # FiftyOne's service wrapper stops the server when the run is gone
+        assert not answers_http(url)
     finally:
         if process.poll() is None:
             kill_process_tree(process)
