@@ -60,5 +60,5 @@ def test_oversampling_lists_rare_images_again_up_to_the_target_and_copies_nothin
 
 def test_repeat_factors_take_the_largest_need_of_an_image_and_leave_backgrounds_once():
     images = [[0]] * 12 + [[1]] * 3 + [[0, 1]] + [[]]
-    factors = repeat_factors(images, 2, target_ratio=2.0)  # 13 of class 0, 4 of class 1: need ceil(13/8) = 2
+    factors = repeat_factors(images, target_ratio=2.0)  # 13 of class 0, 4 of class 1: need ceil(13/8) = 2
     assert factors == [1] * 12 + [2] * 3 + [2] + [1]

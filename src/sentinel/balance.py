@@ -42,7 +42,7 @@ def imbalance_ratio(counts: dict[str, dict[str, int]]) -> float | None:
     return max(boxes) / min(boxes)
 
 
-def repeat_factors(images: Sequence[ImageClasses], num_classes: int, target_ratio: float) -> list[int]:
+def repeat_factors(images: Sequence[ImageClasses], target_ratio: float) -> list[int]:
     """How many times each image is listed so every class has at least max_boxes / target_ratio boxes.
 
     A class with n boxes needs each of its images ceil(max / (target * n)) times; an image takes the
@@ -50,7 +50,7 @@ def repeat_factors(images: Sequence[ImageClasses], num_classes: int, target_rati
     """
     boxes = Counter(c for classes in images for c in classes)
     most = max(boxes.values(), default=0)
-    need = {c: max(1, math.ceil(most / (target_ratio * n) - 1e-9)) for c, n in boxes.items() if c < num_classes}
+    need = {c: max(1, math.ceil(most / (target_ratio * n) - 1e-9)) for c, n in boxes.items()}
     return [max((need[c] for c in set(classes)), default=1) for classes in images]
 
 
@@ -74,7 +74,7 @@ def balance_section(
     section["mode"] = mode
     repeats = [1] * len(images)
     if mode == "oversample":
-        repeats = repeat_factors(images, len(names), target_ratio)
+        repeats = repeat_factors(images, target_ratio)
         after = class_counts(images, names, repeats)
         section["oversample"] = {
             "target_ratio": target_ratio,
