@@ -65,9 +65,68 @@ def test_a_rebuild_with_other_merge_options_reads_no_file_again(sources, tmp_pat
         }
         clean = merge(sources, tmp_path / f"clean-{len(options)}-{rebuilt.fingerprint}", **options)
         assert labels_of(rebuilt) == labels_of(clean)  # the record gives what reading gives
-        assert {k: v for k, v in rebuilt.report.items() if k not in ("folder", "dataset_yaml", "file_records")} == {
-            k: v for k, v in clean.report.items() if k not in ("folder", "dataset_yaml", "file_records")
+        history = ("folder", "dataset_yaml", "file_records", "label_files")  # what differs with a build's past
+        assert {k: v for k, v in rebuilt.report.items() if k not in history} == {
+            k: v for k, v in clean.report.items() if k not in history
         }
+
+
+def inodes_of(result) -> dict[str, int]:
+    root = result.folder / "labels"
+    return {str(p.relative_to(root)): p.stat().st_ino for p in sorted(root.rglob("*.txt"))}
+
+
+def linked_to_earlier(result, earlier) -> set[str]:
+    """The label files of `result` that are an inode of `earlier` holding the same bytes."""
+    earlier_text = {inode: labels_of(earlier)[name] for name, inode in inodes_of(earlier).items()}
+    text = labels_of(result)
+    return {name for name, inode in inodes_of(result).items() if earlier_text.get(inode) == text[name]}
+
+
+def test_a_rebuild_links_each_label_file_an_earlier_build_wrote_with_the_same_bytes(sources, tmp_path):
+    first = merge(sources, tmp_path / "d")
+    assert first.report["label_files"] == {"written": 13, "linked_from_earlier_builds": 0}
+    assert len(set(inodes_of(first).values())) == 13  # equal labels of one build are not shared
+    same = merge(sources, tmp_path / "d", balance_warn_ratio=5.0)  # a new build; every label's bytes unchanged
+    assert same.report["label_files"] == {"written": 0, "linked_from_earlier_builds": 13}
+    assert labels_of(same) == labels_of(first)
+    assert linked_to_earlier(same, first) == set(labels_of(same))
+    merged = merge(sources, tmp_path / "d", aliases={"handgun": "gun"})  # class ids change in some files
+    before, after = labels_of(first), labels_of(merged)
+    changed = {name for name in after if after[name] not in before.values()}
+    assert 0 < len(changed) < len(after)
+    assert linked_to_earlier(merged, first) == set(after) - changed
+    assert merged.report["label_files"] == {"written": len(changed), "linked_from_earlier_builds": 13 - len(changed)}
+
+
+def test_an_earlier_label_file_edited_since_is_not_linked(sources, tmp_path):
+    first = merge(sources, tmp_path / "d")
+    right = labels_of(first)
+    edited = sorted((first.folder / "labels" / "train").glob("b__*.txt"))  # all 4 of b's labels: equal bytes
+    for label in edited:
+        label.write_text("0 0.900000 0.900000 0.100000 0.100000\n")  # someone edits a finished build in place
+    rebuilt = merge(sources, tmp_path / "d", balance_warn_ratio=5.0)
+    assert labels_of(rebuilt) == right
+    assert not {label.stat().st_ino for label in edited} & set(inodes_of(rebuilt).values())
+    assert rebuilt.report["label_files"] == {"written": 4, "linked_from_earlier_builds": 9}
+
+
+def test_a_deleted_earlier_build_has_its_label_files_written_again(sources, tmp_path):
+    import shutil
+
+    first = merge(sources, tmp_path / "d")
+    expected = labels_of(first)
+    shutil.rmtree(first.folder)
+    rebuilt = merge(sources, tmp_path / "d", balance_warn_ratio=5.0)
+    assert rebuilt.report["label_files"] == {"written": 13, "linked_from_earlier_builds": 0}
+    assert labels_of(rebuilt) == expected
+
+
+def test_copied_builds_never_share_a_label_file(sources, tmp_path):
+    merge(sources, tmp_path / "d", link="copy")
+    rebuilt = merge(sources, tmp_path / "d", link="copy", balance_warn_ratio=5.0)
+    assert rebuilt.report["label_files"] == {"written": 13, "linked_from_earlier_builds": 0}
+    assert {p.stat().st_nlink for p in (rebuilt.folder / "labels").rglob("*.txt")} == {1}
 
 
 def test_an_edited_label_is_read_again(sources, tmp_path):
@@ -99,7 +158,7 @@ def test_a_cached_rerun_does_not_rewrite_the_record(sources, tmp_path):
     (record,) = (tmp_path / "d" / "records").glob("*.marshal")
     written = record.stat().st_mtime_ns
     assert merge(sources, tmp_path / "d").cache_hit
-    merge(sources, tmp_path / "d", aliases={"handgun": "gun"})  # nothing new learnt either
+    merge(sources, tmp_path / "d", balance_warn_ratio=5.0)  # nothing new learnt either: same files, same labels
     assert record.stat().st_mtime_ns == written
 
 

@@ -9,6 +9,12 @@ a file edited in place gets a new mtime (and usually size), a replaced one a new
 the record and is read afresh. A label parse also depends on the source's class count, which is in its key.
 Unreadable files are never recorded: permissions may be fixed without touching the file.
 
+It also lists the label files earlier builds wrote, by the blake2b of their bytes, with where each lives and
+its (inode, size, mtime_ns) when written: a later build whose label has the same bytes hard-links that file
+instead of creating a new one (sentinel.merge.write_or_link_label). Creating a file costs an inode, which on
+ext4 is many times the cost of a link, and a rebuild after a change of merge options writes labels that are
+mostly byte for byte the ones before. An entry whose file is gone or changed is simply not used.
+
 Stored with `marshal` (tuples of plain values; several times faster to load than pickle) in
 `data_dir/records/`, written to a temporary name and renamed into place under a lock, merged with what
 another process saved meanwhile. A record that cannot be read (another Python version, a damaged file) is
@@ -30,10 +36,11 @@ from sentinel.runs import write_atomic
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1  # bump when what is stored changes; the file name carries it, so old records are simply ignored
+FORMAT = 2  # bump when what is stored changes; the file name carries it, so old records are simply ignored
 LOCK_TIMEOUT_S = 60.0
 FileKey = tuple[int, int, int, int]  # (st_dev, st_ino, st_size, st_mtime_ns)
-Learnt = tuple[dict[FileKey, tuple], dict[tuple, tuple]]  # new image rows, new label rows
+WrittenLabel = tuple[str, int, int, int]  # (final path, st_ino, st_size, st_mtime_ns) of a label a build wrote
+Learnt = tuple[dict[FileKey, tuple], dict[tuple, tuple], dict[bytes, WrittenLabel]]  # new rows of each table
 
 
 def file_key(stat: tuple[int, ...]) -> FileKey:
@@ -45,12 +52,20 @@ def file_key(stat: tuple[int, ...]) -> FileKey:
 class FileRecords:
     """Image checks and label parses by file identity; thread-safe for lookups and for `add_*` (dict ops)."""
 
-    def __init__(self, path: Path, images: dict[FileKey, tuple], labels: dict[tuple, tuple]) -> None:
+    def __init__(
+        self,
+        path: Path,
+        images: dict[FileKey, tuple],
+        labels: dict[tuple, tuple],
+        written: dict[bytes, WrittenLabel] | None = None,
+    ) -> None:
         self.path = path
         self.images = images
         self.labels = labels
+        self.written = written if written is not None else {}
         self._new_images: dict[FileKey, tuple] = {}
         self._new_labels: dict[tuple, tuple] = {}
+        self._new_written: dict[bytes, WrittenLabel] = {}
 
     @classmethod
     def load(cls, data_dir: Path) -> FileRecords:
@@ -58,8 +73,7 @@ class FileRecords:
 
     @classmethod
     def load_file(cls, path: Path) -> FileRecords:
-        images, labels = _read(path)
-        return cls(path, images, labels)
+        return cls(path, *_read(path))
 
     # --- images -------------------------------------------------------------------------------------
 
@@ -88,21 +102,30 @@ class FileRecords:
             problems = [(p.line, p.reason, p.detail) for p in parse.problems]
             self._new_labels[(*key, num_classes)] = (parse.boxes, problems, parse.polygons)
 
+    # --- label files written by earlier builds -------------------------------------------------------
+
+    def written_label(self, digest: bytes) -> WrittenLabel | None:
+        return self.written.get(digest)
+
+    def add_written_label(self, digest: bytes, written: WrittenLabel) -> None:
+        self._new_written[digest] = written
+
     # --- saving -------------------------------------------------------------------------------------
 
     def take_learnt(self) -> Learnt:
         """The entries added since the last call (a worker process sends them to the parent, which saves)."""
-        learnt = (self._new_images, self._new_labels)
-        self._new_images, self._new_labels = {}, {}
+        learnt = (self._new_images, self._new_labels, self._new_written)
+        self._new_images, self._new_labels, self._new_written = {}, {}, {}
         return learnt
 
     def add_learnt(self, learnt: Learnt) -> None:
         self._new_images.update(learnt[0])
         self._new_labels.update(learnt[1])
+        self._new_written.update(learnt[2])
 
     @property
     def new_entries(self) -> int:
-        return len(self._new_images) + len(self._new_labels)
+        return len(self._new_images) + len(self._new_labels) + len(self._new_written)
 
     def save(self) -> None:
         """Add this build's new entries to the record on disk (re-read under the lock: others may have saved)."""
@@ -110,23 +133,25 @@ class FileRecords:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(self.path) + ".lock", timeout=LOCK_TIMEOUT_S):
-            images, labels = _read(self.path)
+            images, labels, written = _read(self.path)
             images.update(self._new_images)
             labels.update(self._new_labels)
-            write_atomic(self.path, lambda tmp: tmp.write_bytes(marshal.dumps((FORMAT, images, labels))))
-        self.images, self.labels = images, labels
-        self._new_images, self._new_labels = {}, {}
+            written.update(self._new_written)
+            write_atomic(self.path, lambda tmp: tmp.write_bytes(marshal.dumps((FORMAT, images, labels, written))))
+        self.images, self.labels, self.written = images, labels, written
+        self._new_images, self._new_labels, self._new_written = {}, {}, {}
 
 
-def _read(path: Path) -> tuple[dict[Any, tuple], dict[Any, tuple]]:
+def _read(path: Path) -> tuple[dict[Any, tuple], dict[Any, tuple], dict[bytes, WrittenLabel]]:
     try:
         with open(path, "rb") as handle:
-            version, images, labels = marshal.load(handle)
+            version, *tables = marshal.load(handle)
     except FileNotFoundError:
-        return {}, {}
+        return {}, {}, {}
     except (OSError, EOFError, ValueError, TypeError) as error:
         log.warning("prep: ignoring the file record %s (%s); files will be read again", path, error)
-        return {}, {}
-    if version != FORMAT or not isinstance(images, dict) or not isinstance(labels, dict):
-        return {}, {}
-    return images, labels
+        return {}, {}, {}
+    if version != FORMAT or len(tables) != 3 or not all(isinstance(table, dict) for table in tables):
+        return {}, {}, {}
+    images, labels, written = tables
+    return images, labels, written

@@ -100,6 +100,12 @@ def summary_markdown(report: dict[str, Any]) -> str:
             f"earlier build, taken from the per-file record: {reads['images_from_record']} images, "
             f"{reads['labels_from_record']} label files."
         )
+    written = report.get("label_files", {})
+    if written:
+        lines.append(
+            f"Label files written: {written['written']}; hard links to an earlier build's equal label file: "
+            f"{written['linked_from_earlier_builds']}."
+        )
     if report.get("ultralytics_cache"):
         lines.append(f"Ultralytics label cache: {report['ultralytics_cache']}.")
     if report.get("balance"):
