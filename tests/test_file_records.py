@@ -9,6 +9,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from builders import jpeg_bytes, make_source
+from sentinel.file_records import FileRecords
 from sentinel.merge import merge_sources
 from sentinel.schema import MergeConfig
 from sentinel.sources.yolo_dir import read_source
@@ -120,6 +121,18 @@ def test_a_deleted_earlier_build_has_its_label_files_written_again(sources, tmp_
     rebuilt = merge(sources, tmp_path / "d", balance_warn_ratio=5.0)
     assert rebuilt.report["label_files"] == {"written": 13, "linked_from_earlier_builds": 0}
     assert labels_of(rebuilt) == expected
+
+
+def test_the_record_forgets_the_label_files_of_a_deleted_build(sources, tmp_path):
+    import shutil
+
+    first = merge(sources, tmp_path / "d")
+    gone = merge(sources, tmp_path / "d", aliases={"handgun": "gun"})  # some labels of its own
+    assert gone.report["label_files"]["written"] > 0
+    shutil.rmtree(gone.folder)
+    last = merge(sources, tmp_path / "d", classes=["person", "Handgun", "gun"])  # new labels: the record is saved
+    builds = {Path(path).parents[2] for path, *_ in FileRecords.load(tmp_path / "d").written.values()}
+    assert builds == {first.folder, last.folder}
 
 
 def test_copied_builds_never_share_a_label_file(sources, tmp_path):

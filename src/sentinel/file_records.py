@@ -13,7 +13,8 @@ It also lists the label files earlier builds wrote, by the blake2b of their byte
 its (inode, size, mtime_ns) when written: a later build whose label has the same bytes hard-links that file
 instead of creating a new one (sentinel.merge.write_or_link_label). Creating a file costs an inode, which on
 ext4 is many times the cost of a link, and a rebuild after a change of merge options writes labels that are
-mostly byte for byte the ones before. An entry whose file is gone or changed is simply not used.
+mostly byte for byte the ones before. An entry whose file is gone or changed is simply not used, and the
+entries of a build folder that is gone are dropped when the record is saved.
 
 Stored with `marshal` (tuples of plain values; several times faster to load than pickle) in
 `data_dir/records/`, written to a temporary name and renamed into place under a lock, merged with what
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import marshal
+import os
 from pathlib import Path
 from typing import Any
 
@@ -137,9 +139,27 @@ class FileRecords:
             images.update(self._new_images)
             labels.update(self._new_labels)
             written.update(self._new_written)
+            written = _of_existing_builds(written)
             write_atomic(self.path, lambda tmp: tmp.write_bytes(marshal.dumps((FORMAT, images, labels, written))))
         self.images, self.labels, self.written = images, labels, written
         self._new_images, self._new_labels, self._new_written = {}, {}, {}
+
+
+def _of_existing_builds(written: dict[bytes, WrittenLabel]) -> dict[bytes, WrittenLabel]:
+    """The entries whose build folder is still there (`<build>/labels/<split>/<name>`): one stat per build.
+
+    Entries of a deleted build, or of one that failed and so was never renamed into place, could never be
+    linked again; without this the table would grow with every build ever made.
+    """
+    exists: dict[str, bool] = {}
+    kept = {}
+    for digest, entry in written.items():
+        build = os.path.dirname(os.path.dirname(os.path.dirname(entry[0])))
+        if build not in exists:
+            exists[build] = os.path.isdir(build)
+        if exists[build]:
+            kept[digest] = entry
+    return kept
 
 
 def _read(path: Path) -> tuple[dict[Any, tuple], dict[Any, tuple], dict[bytes, WrittenLabel]]:
