@@ -75,7 +75,7 @@ def inspect(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     names = class_names_of(merged.dataset_yaml)
     weights = resolve_weights(cfg.evaluate.weights, "evaluate.weights", data_dir_of(cfg), merged.fingerprint, names)
     split, note = choose_split(merged.dataset_yaml, cfg.evaluate.split)
-    if not split_images(merged.folder, split):
+    if not has_images(merged.folder, split):
         raise SentinelError(
             f"inspect: the {split} split of {merged.folder} has no images. Fix: choose another with "
             "evaluate.split=val (or train)"
@@ -106,9 +106,12 @@ def inspect(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     return errors
 
 
-def split_images(folder: Path, split: str) -> list[Path]:
+def has_images(folder: Path, split: str) -> bool:
     images = folder / "images" / split
-    return sorted(p for p in images.iterdir() if p.is_file()) if images.is_dir() else []
+    if not images.is_dir():
+        return False
+    with os.scandir(images) as entries:
+        return any(entry.is_file() for entry in entries)
 
 
 def dataset_name(run_dir: Path) -> str:
@@ -320,12 +323,16 @@ def errors_markdown(errors: dict[str, Any]) -> str:
 
 
 def draw_gallery(dataset: Any, count_field: str, count: int, what: str, path: Path, tile: int = 256) -> None:
-    """The `count` images with the most `count_field`, ground truth green and predictions magenta."""
+    """The `count` images with the most `count_field`, ground truth green and predictions magenta.
+
+    FiftyOne ranks them in its database (a view: match, compound sort, limit), so only those are loaded.
+    """
+    from fiftyone import ViewField as F
     from PIL import Image, ImageDraw
 
-    ranked = sorted((s for s in dataset.iter_samples() if s[count_field]), key=lambda s: (-s[count_field], s.filepath))
+    worst = dataset.match(F(count_field) > 0).sort_by([(count_field, -1), ("filepath", 1)])
     tiles = []
-    for sample in ranked[:count]:
+    for sample in worst.limit(count).iter_samples() if count > 0 else ():  # inspect.gallery=0: no tiles
         with Image.open(sample.filepath) as img:
             img = img.convert("RGB").resize((tile, tile))
         draw = ImageDraw.Draw(img)
