@@ -245,6 +245,12 @@ from sentinel.schema import MergeConfig
 from sentinel.sources.yolo_dir import read_source
 if sys.argv[3] == "processes":
     sentinel.merge.PROCESS_POOL_MIN_ITEMS = 1
+    real_pool = sentinel.merge.ProcessPoolExecutor
+    def announced_pool(*args, **kwargs):
+        pool = real_pool(*args, **kwargs)
+        print("worker process pool started", flush=True)
+        return pool
+    sentinel.merge.ProcessPoolExecutor = announced_pool
 merge_sources([read_source("big", Path(sys.argv[1]))], OmegaConf.structured(MergeConfig), Path(sys.argv[2]))
 """
 
@@ -275,6 +281,7 @@ def test_kill_during_build_leaves_nothing_half_built_and_rerun_completes(tmp_pat
     )
     assert process.returncode == -signal.SIGKILL, process.stderr[-2000:]  # it died at that point, by the signal
     if pool == "processes":
+        assert "worker process pool started" in process.stdout  # so "none left" below is not trivially true
         assert_no_process_left_from(tmp_path)
     assert list((data_dir / "merged").glob(".tmp-*"))  # and left its temporary folder behind
     for folder in (data_dir / "merged").glob("[!.]*"):  # whatever is in place must be complete
