@@ -518,13 +518,15 @@ def write_or_link_label(
     """
     data = "".join(f"{line}\n" for line in lines).encode()
     target = os.path.join(folders.out, label)
-    digest = hashlib.blake2b(data, digest_size=16).digest() if records is not None else b""
-    earlier = records.written_label(digest) if records is not None else None
+    if records is None:
+        _, size, mtime_ns = _create_file(target, data)
+        return (size, mtime_ns, False)
+    digest = hashlib.blake2b(data, digest_size=16).digest()
+    earlier = records.written_label(digest)
     if earlier is not None and _link_if_unchanged(earlier, target):
         return (earlier[2], earlier[3], True)
     ino, size, mtime_ns = _create_file(target, data)
-    if records is not None:
-        records.add_written_label(digest, (os.path.join(folders.final, label), ino, size, mtime_ns))
+    records.add_written_label(digest, (os.path.join(folders.final, label), ino, size, mtime_ns))
     return (size, mtime_ns, False)
 
 
