@@ -38,7 +38,8 @@ def ultralytics_without_integrations(workdir: Path) -> None:
     """Run every command with an Ultralytics settings file of the benchmark's own, with its MLflow callback off.
 
     `yolo detect train` would otherwise log each run to MLflow (it switches itself on when mlflow is
-    installed), work Sentinel's side does not do unless asked; the user's own settings file is left alone.
+    installed); the Sentinel side it is compared with runs tracking=none. The user's own settings file is
+    left alone.
     """
     ENV["YOLO_CONFIG_DIR"] = str(workdir / "ultralytics-settings")
     code = "from ultralytics.utils import SETTINGS; SETTINGS.update({'mlflow': False})"

@@ -3,6 +3,7 @@
 Both get the demo data (prepared once), an untrained YOLOv8n at 64 px, the demo search space, the same
 number of trials and epochs, ASHA with the same grace period, and the same concurrency: Ultralytics asks
 min(8, max(1, cpus - 1)) CPUs per trial, 1 on this 2-core machine, so both run two 1-CPU trials at once.
+Neither side tracks: Ultralytics' MLflow callback is off (its own settings file here), Sentinel runs tracking=none.
 Runs alternate (Ultralytics, Sentinel, ...); prints the medians, their ratio Sentinel / Ultralytics (target
 <= 0.6), both best mAP50-95, and each side's per-trial overhead: a trial's wall time (Ray's time_total_s at
 its last report) minus the time its epochs took (the time between reports; the first epoch, whose report
@@ -88,6 +89,7 @@ def main() -> None:
                 str(REPO / "train.py"),
                 "mode=tune",
                 *common,
+                "tracking=none",  # like the Ultralytics side, whose MLflow callback is off (see _common.py)
                 f"hydra.run.dir={run_dir}",
                 f"tune.num_samples={args.trials}",
                 f"tune.epochs={args.epochs}",

@@ -33,13 +33,12 @@ from sentinel.runs import (
 )
 from sentinel.tracking import active, link_resumed_run
 from sentinel.ultra import (
-    atomic_checkpoint_trainer,
     check_device,
     check_weights_available,
-    drop_builtin_integrations,
     fixed_training_args,
     load_yolo,
     provide_offline_font,
+    sentinel_trainer,
     ultralytics_device,
 )
 
@@ -172,11 +171,11 @@ def train(cfg: DictConfig, data_yaml: Path, args: dict[str, Any], run_dir: Path,
         last = resume_from / LAST
         log.info("finetune: resuming %s", last)
         model = with_sentinel_callbacks(load_yolo(last))
-        model.train(resume=True, trainer=atomic_checkpoint_trainer())
+        model.train(resume=True, trainer=sentinel_trainer())
     else:
         model = with_sentinel_callbacks(load_yolo(cfg.model.weights))
         model.train(
-            trainer=atomic_checkpoint_trainer(),
+            trainer=sentinel_trainer(),
             data=str(data_yaml),
             epochs=cfg.model.epochs,
             device=ultralytics_device(cfg.hardware.device),
@@ -194,8 +193,7 @@ def train(cfg: DictConfig, data_yaml: Path, args: dict[str, Any], run_dir: Path,
 
 
 def with_sentinel_callbacks(model: Any) -> Any:
-    """Ultralytics' own tracker callbacks out, Sentinel's per-epoch logging in."""
-    model.add_callback("on_pretrain_routine_start", drop_builtin_integrations)
+    """Sentinel's per-epoch logging in (Ultralytics' own trackers stay out: sentinel.ultra.sentinel_trainer)."""
     EpochLogger().attach(model)
     return model
 

@@ -6,7 +6,7 @@
 
 - Everything goes through `MlflowClient` with an explicit run id, never MLflow's fluent "active run": the
   fluent state is global, and Ultralytics' and Ray's integrations read and end it behind our back.
-- Ultralytics' own MLflow callback is switched off (sentinel.ultra.drop_builtin_integrations): it calls
+- Ultralytics' own MLflow callback is switched off (sentinel.ultra.sentinel_trainer): it calls
   `mlflow.autolog()` for the whole process, renames the experiment after `trainer.args.project` (our run
   folder) and logs the weights folder a second time. Per-epoch metrics are logged here instead.
 - A server that does not answer is a start-up error naming `tracking.uri`, before any download or

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -124,18 +126,52 @@ def check_device(device: str) -> None:
         )
 
 
-def atomic_checkpoint_trainer() -> type:
-    """Ultralytics' DetectionTrainer whose last.pt/best.pt are written to a temporary name and renamed.
+# Ultralytics' integrations that Sentinel does itself: raytune would add a second tune.report per epoch (ASHA
+# would count two iterations per epoch); mlflow calls mlflow.autolog() for the whole process, sets the
+# experiment to trainer.args.project (the run folder) and logs the weights folder again, where
+# sentinel.tracking logs the same epochs to the run's own MLflow run.
+SENTINEL_DOES_ITSELF = ("mlflow", "raytune")
+
+
+@contextmanager
+def builtin_integrations_off() -> Iterator[None]:
+    """Ultralytics' settings read its MLflow and Ray Tune integrations as off, in this process, inside the block.
+
+    A trainer, when it is made, imports every integration its settings switch on
+    (callbacks.add_integration_callbacks); the mlflow one imports MLflow, 1.3-3 s in a fresh process (every
+    trial's first in its Ray worker), only for Sentinel to remove its callbacks. Ultralytics has no per-run
+    switch (ultralytics#2241), only the user's settings file. dict.__setitem__ changes the values in memory
+    without SettingsManager's save, so that file is never written; the old values are back on leaving.
+    """
+    from ultralytics.utils import SETTINGS
+
+    saved = {key: SETTINGS.get(key) for key in SENTINEL_DOES_ITSELF}
+    try:
+        for key in saved:
+            dict.__setitem__(SETTINGS, key, False)
+        yield
+    finally:
+        for key, value in saved.items():
+            dict.__setitem__(SETTINGS, key, value)
+
+
+def sentinel_trainer() -> type:
+    """Ultralytics' DetectionTrainer, made without the integrations Sentinel does itself, with atomic checkpoints.
 
     BaseTrainer.save_model writes the checkpoint bytes straight over last.pt and best.pt
     (ultralytics/engine/trainer.py), so a full disk or a kill mid-write leaves a truncated file where the
-    previous good one was. Here a failed write leaves the previous checkpoint whole.
+    previous good one was. Here they are written to a temporary name and renamed: a failed write leaves the
+    previous checkpoint whole.
     """
     from ultralytics.models.yolo.detect import DetectionTrainer
 
     from sentinel.faults import kill_point
 
-    class AtomicCheckpointTrainer(DetectionTrainer):
+    class SentinelTrainer(DetectionTrainer):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            with builtin_integrations_off():
+                super().__init__(*args, **kwargs)
+
         def save_model(self) -> bool:
             finals = (self.last, self.best)
             temps = tuple(path.with_name(f".{path.name}.tmp-{os.getpid()}") for path in finals)
@@ -152,19 +188,4 @@ def atomic_checkpoint_trainer() -> type:
                     tmp.unlink(missing_ok=True)
             return saved
 
-    return AtomicCheckpointTrainer
-
-
-def drop_builtin_integrations(trainer: Any) -> None:
-    """Remove Ultralytics' own Ray Tune and MLflow callbacks from a trainer: Sentinel does both itself.
-
-    Both switch themselves on when their package is installed (ultralytics/utils/callbacks/). raytune
-    adds a second tune.report per epoch, so ASHA would count two iterations per epoch. mlflow calls
-    mlflow.autolog() for the whole process, sets the experiment to trainer.args.project (the run folder)
-    and logs the weights folder again; sentinel.tracking logs the same epochs to the run's own MLflow run.
-    """
-    from ultralytics.utils.callbacks import mlflow, raytune
-
-    builtin = [hook for module in (mlflow, raytune) for hook in module.callbacks.values()]
-    for hooks in trainer.callbacks.values():
-        hooks[:] = [hook for hook in hooks if not any(hook is b for b in builtin)]
+    return SentinelTrainer
