@@ -8,6 +8,7 @@ runs in a session of its own and also ignores SIGINT.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
@@ -25,6 +26,7 @@ FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # Hydra's, as i
 
 def main() -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    yield_cpu_to_training()
     stdin = sys.stdin.buffer
     try:
         spec: RunSpec = pickle.load(stdin)
@@ -39,6 +41,14 @@ def main() -> int:
         return 1
     kill_point("tracking.opened")
     return serve(tracker, stdin)
+
+
+def yield_cpu_to_training() -> None:
+    """Queue behind the training for the CPU: importing MLflow and opening its store take ~3 s of CPU, which on
+    a machine the training keeps busy would otherwise come out of the training's time; the logging after that
+    is a few ms per epoch, and train.py waits for what is left only at the end."""
+    with contextlib.suppress(OSError):
+        os.nice(10)
 
 
 def serve(tracker: MlflowTracker, stdin: Any) -> int:
