@@ -36,7 +36,7 @@ def test_ultralytics_mlflow_and_raytune_integrations_are_not_loaded_and_settings
         tmp_path / "data", ["gun"], {s: {"a.jpg": (jpeg_bytes(1), "0 0.5 0.5 0.2 0.2\n")} for s in ("train", "val")}
     )
     env = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
-    env.update(YOLO_CONFIG_DIR=str(tmp_path / "settings"), YOLO_OFFLINE="1")
+    env["YOLO_CONFIG_DIR"] = str(tmp_path / "settings")  # YOLO_OFFLINE comes from conftest
     subprocess.run([sys.executable, "-c", "import ultralytics.utils"], env=env, check=True)  # the user's settings
     settings = next((tmp_path / "settings").rglob("settings.json"))
     before = settings.read_bytes()
