@@ -36,6 +36,7 @@ from sentinel.raycluster import check_nodes_see, check_trial_resources, connect_
 from sentinel.runs import claim_run_folder, newest_unfinished, read_json, read_state, write_json_atomic, write_state
 from sentinel.tracking import link_resumed_run
 from sentinel.ultra import check_weights_available, fixed_training_args, sentinel_trainer
+from sentinel.ultralytics_facts import UltralyticsFacts, ultralytics_facts
 from sentinel.validate import param_specs
 
 log = logging.getLogger(__name__)
@@ -76,13 +77,11 @@ class TuneResult:
 # --- checks that need Ultralytics' argument list -------------------------------------------------------
 
 
-def check_search_space(space: DictConfig) -> None:
+def check_search_space(space: DictConfig, facts: UltralyticsFacts) -> None:
     """Every parameter must be a real, tunable Ultralytics training argument with sensible bounds."""
-    from ultralytics.cfg import CFG_FRACTION_KEYS, DEFAULT_CFG_DICT
-
     for name, spec in param_specs(space).items():
         key = f"search_space.{name}"
-        if name not in DEFAULT_CFG_DICT:
+        if name not in facts.arguments:
             raise ConfigError(
                 key,
                 f"{name!r} is not an Ultralytics training argument",
@@ -91,7 +90,7 @@ def check_search_space(space: DictConfig) -> None:
         if name in NOT_TUNABLE:
             raise ConfigError(key, f"{name!r} is set by Sentinel, not tuned", "remove it from the search space")
         values = list(spec.values or []) if spec.dist == "choice" else [spec.low, spec.high]
-        if name in CFG_FRACTION_KEYS and any(not 0.0 <= float(v) <= 1.0 for v in values):
+        if name in facts.fractions and any(not 0.0 <= float(v) <= 1.0 for v in values):
             raise ConfigError(key, f"{name} is a fraction; {values} is not within [0, 1]")
         if spec.dist == "randint" and any(float(v) != int(v) for v in values):
             raise ConfigError(key, f"randint needs whole-number bounds, got {values}")
@@ -137,11 +136,9 @@ def make_search_alg(name: str, seed: int, metric: str, mode: str, max_concurrent
         ) from None
 
 
-def check_metric(metric: str) -> None:
+def check_metric(metric: str, facts: UltralyticsFacts) -> None:
     """tune.metric must be a name Ultralytics reports each epoch; a typo would fail every trial after epoch 1."""
-    from ultralytics.utils.metrics import DetMetrics
-
-    known = [*DetMetrics().keys, *VAL_LOSSES]
+    known = [*facts.metrics, *VAL_LOSSES]
     if metric not in known:
         close = difflib.get_close_matches(metric, known, n=1)
         hint = f"did you mean {close[0]}?" if close else "use one of " + ", ".join(known)
@@ -363,8 +360,9 @@ def tune(cfg: DictConfig, run_dir: Path, skip_if_done: bool = False) -> TuneResu
 
     if len(cfg.search_space) == 0:
         raise ConfigError("search_space", "is empty", "choose search_space=default or define parameters")
-    check_search_space(cfg.search_space)
-    check_metric(cfg.tune.metric)
+    facts = ultralytics_facts(data_dir_of(cfg))  # the driver never imports Ultralytics (nor torch)
+    check_search_space(cfg.search_space, facts)
+    check_metric(cfg.tune.metric, facts)
     check_weights_available(cfg.model.weights)
     search_alg = make_search_alg(
         cfg.tune.search_alg, cfg.seed, cfg.tune.metric, cfg.tune.mode, cfg.hardware.max_concurrent_trials
