@@ -54,3 +54,8 @@ def test_a_record_of_another_ultralytics_or_a_damaged_one_is_read_again(tmp_path
     record.write_text("{not json")
     assert "lr0" in ultralytics_facts(tmp_path).arguments
     assert json.loads(record.read_text())["facts"]["metrics"] == list(read_from_ultralytics().metrics)
+
+
+def test_facts_still_come_when_the_record_cannot_be_written(tmp_path: Path):
+    (tmp_path / "records").write_text("a file where the records folder would be")
+    assert "lr0" in ultralytics_facts(tmp_path).arguments

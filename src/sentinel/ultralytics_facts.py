@@ -44,9 +44,12 @@ def ultralytics_facts(data_dir: Path) -> UltralyticsFacts:
         return facts
     facts = read_from_ultralytics()
     if key is not None:
-        record.parent.mkdir(parents=True, exist_ok=True)
         plain = {"arguments": sorted(facts.arguments), "fractions": sorted(facts.fractions), "metrics": facts.metrics}
-        write_json_atomic(record, {"key": key, "facts": plain})
+        try:
+            record.parent.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(record, {"key": key, "facts": plain})
+        except OSError as error:  # a shortcut only: the next search reads Ultralytics again
+            log.warning("tune: could not keep Ultralytics' argument names in %s (%s)", record, error)
     return facts
 
 
