@@ -1,4 +1,5 @@
-"""The trainer every Sentinel training uses (fine-tune and tune trials): Ultralytics' own trackers never load."""
+"""The trainer every Sentinel training uses (fine-tune and tune trials): Ultralytics' own trackers never load,
+and a tune trial's checkpoints leave the optimizer's state out."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from builders import jpeg_bytes, make_source
 
@@ -57,3 +60,52 @@ def test_ultralytics_mlflow_and_raytune_integrations_are_not_loaded_and_settings
     assert seen["settings_after"] == [True, True]  # switched off for our trainer only
     assert MLFLOW_HOOKS in seen["plain"] and RAYTUNE_HOOKS in seen["plain"] and seen["mlflow_imported_by_plain"]
     assert settings.read_bytes() == before
+
+
+# Trains one epoch with sentinel_trainer(resumable=...) in a fresh process: what each checkpoint held when it
+# was written (Ultralytics' final validation strips the optimizer afterwards either way), and what is left.
+TRAIN_ONE_EPOCH = """
+import json, sys, torch
+from ultralytics import YOLO
+from sentinel.ultra import sentinel_trainer
+
+resumable, data, project = sys.argv[1] == "resumable", sys.argv[2], sys.argv[3]
+trainer = sentinel_trainer(resumable=resumable)(overrides=dict(
+    model="yolov8n.yaml", data=data, epochs=1, imgsz=64, device="cpu", workers=0, project=project, exist_ok=True,
+    plots=False, name=sys.argv[1]))
+seen = {}
+def on_model_save(trainer):
+    for name, path in (("last", trainer.last), ("best", trainer.best)):
+        checkpoint = torch.load(path, weights_only=False)
+        seen[name] = {"state": len(checkpoint["optimizer"]["state"]),
+                      "groups": len(checkpoint["optimizer"]["param_groups"]), "ema": checkpoint["ema"] is not None}
+trainer.add_callback("on_model_save", on_model_save)
+trainer.train()
+seen["optimizer_after"] = type(trainer.optimizer).__name__
+seen["loads"] = YOLO(str(trainer.best)).model is not None
+print("SEEN=" + json.dumps(seen))
+"""
+
+
+@pytest.mark.parametrize("which", ["resumable", "trial"])
+def test_a_trial_checkpoint_has_the_weights_without_the_optimizer_state(tmp_path: Path, which: str):
+    data = make_source(
+        tmp_path / "data", ["gun"], {s: {"a.jpg": (jpeg_bytes(1), "0 0.5 0.5 0.2 0.2\n")} for s in ("train", "val")}
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
+    env["YOLO_CONFIG_DIR"] = str(tmp_path / "settings")
+    result = subprocess.run(
+        [sys.executable, "-c", TRAIN_ONE_EPOCH, which, str(data / "dataset.yaml"), str(tmp_path / "runs")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    seen = json.loads(result.stdout.split("SEEN=")[-1])
+
+    for checkpoint in (seen["last"], seen["best"]):
+        assert checkpoint["ema"] and checkpoint["groups"] > 0
+        assert (checkpoint["state"] > 0) is (which == "resumable")  # a fine-tune's last.pt can resume
+    assert seen["optimizer_after"] != "OptimizerWithoutState"  # training goes on with the real optimizer
+    assert seen["loads"]

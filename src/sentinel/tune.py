@@ -198,7 +198,7 @@ def train_trial(config: dict[str, Any], setup: dict[str, Any]) -> None:
     model = YOLO(setup["weights"])
     model.add_callback("on_fit_epoch_end", reporter.on_fit_epoch_end)
     model.train(
-        trainer=sentinel_trainer(),
+        trainer=sentinel_trainer(resumable=False),  # a failed trial starts over (FailureConfig)
         data=setup["data"],
         epochs=setup["epochs"],
         device=setup["device"],
