@@ -34,26 +34,36 @@ print("SEEN=" + json.dumps(seen))
 MLFLOW_HOOKS, RAYTUNE_HOOKS = "ultralytics.utils.callbacks.mlflow", "ultralytics.utils.callbacks.raytune"
 
 
-def test_ultralytics_mlflow_and_raytune_integrations_are_not_loaded_and_settings_are_not_written(tmp_path: Path):
+def fresh_env(tmp_path: Path) -> dict[str, str]:
+    """The test's environment with an Ultralytics settings folder of its own (YOLO_OFFLINE comes from conftest)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
+    env["YOLO_CONFIG_DIR"] = str(tmp_path / "settings")
+    return env
+
+
+def seen_in_a_fresh_process(tmp_path: Path, script: str, *args: str) -> dict:
+    """Run `script` on a one-image dataset (its path and a project folder follow `args`); what it printed as SEEN."""
     data = make_source(
         tmp_path / "data", ["gun"], {s: {"a.jpg": (jpeg_bytes(1), "0 0.5 0.5 0.2 0.2\n")} for s in ("train", "val")}
     )
-    env = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
-    env["YOLO_CONFIG_DIR"] = str(tmp_path / "settings")  # YOLO_OFFLINE comes from conftest
-    subprocess.run([sys.executable, "-c", "import ultralytics.utils"], env=env, check=True)  # the user's settings
-    settings = next((tmp_path / "settings").rglob("settings.json"))
-    before = settings.read_bytes()
-    assert json.loads(before)["mlflow"] is True and json.loads(before)["raytune"] is True  # both on, as by default
-
     result = subprocess.run(
-        [sys.executable, "-c", BUILD_BOTH, str(data / "dataset.yaml"), str(tmp_path / "runs")],
-        env=env,
+        [sys.executable, "-c", script, *args, str(data / "dataset.yaml"), str(tmp_path / "runs")],
+        env=fresh_env(tmp_path),
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    seen = json.loads(result.stdout.split("SEEN=")[-1])
+    return json.loads(result.stdout.split("SEEN=")[-1])
+
+
+def test_ultralytics_mlflow_and_raytune_integrations_are_not_loaded_and_settings_are_not_written(tmp_path: Path):
+    subprocess.run([sys.executable, "-c", "import ultralytics.utils"], env=fresh_env(tmp_path), check=True)
+    settings = next((tmp_path / "settings").rglob("settings.json"))  # the user's settings
+    before = settings.read_bytes()
+    assert json.loads(before)["mlflow"] is True and json.loads(before)["raytune"] is True  # both on, as by default
+
+    seen = seen_in_a_fresh_process(tmp_path, BUILD_BOTH)
 
     assert MLFLOW_HOOKS not in seen["ours"] and RAYTUNE_HOOKS not in seen["ours"]
     assert not seen["mlflow_imported"]  # not imported at all: seconds in every fresh process
@@ -89,20 +99,7 @@ print("SEEN=" + json.dumps(seen))
 
 @pytest.mark.parametrize("which", ["resumable", "trial"])
 def test_a_trial_checkpoint_has_the_weights_without_the_optimizer_state(tmp_path: Path, which: str):
-    data = make_source(
-        tmp_path / "data", ["gun"], {s: {"a.jpg": (jpeg_bytes(1), "0 0.5 0.5 0.2 0.2\n")} for s in ("train", "val")}
-    )
-    env = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
-    env["YOLO_CONFIG_DIR"] = str(tmp_path / "settings")
-    result = subprocess.run(
-        [sys.executable, "-c", TRAIN_ONE_EPOCH, which, str(data / "dataset.yaml"), str(tmp_path / "runs")],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    seen = json.loads(result.stdout.split("SEEN=")[-1])
+    seen = seen_in_a_fresh_process(tmp_path, TRAIN_ONE_EPOCH, which)
 
     for checkpoint in (seen["last"], seen["best"]):
         assert checkpoint["ema"] and checkpoint["groups"] > 0
