@@ -106,3 +106,55 @@ def test_a_trial_checkpoint_has_the_weights_without_the_optimizer_state(tmp_path
         assert (checkpoint["state"] > 0) is (which == "resumable")  # a fine-tune's last.pt can resume
     assert seen["optimizer_after"] != "OptimizerWithoutState"  # training goes on with the real optimizer
     assert seen["loads"]
+
+
+# Trains two epochs with plots off in a fresh process, as a new tune trial worker does: which of the imports
+# Ultralytics makes for plots and for the checkpoints' copy of results.csv happened, and what that copy holds.
+TRAIN_WITHOUT_PLOTS = """
+import json, sys, torch
+from sentinel.ultra import sentinel_trainer
+
+data, project = sys.argv[1], sys.argv[2]
+trainer = sentinel_trainer(resumable=False)(overrides=dict(
+    model="yolov8n.yaml", data=data, epochs=2, imgsz=64, device="cpu", workers=0, project=project, exist_ok=True,
+    plots=False, name="trial"))
+trainer.train()
+seen = {"imported": sorted(m for m in ("polars", "matplotlib.font_manager") if m in sys.modules),
+        "csv": str(trainer.csv), "train_results": torch.load(trainer.last, weights_only=False)["train_results"]}
+print("SEEN=" + json.dumps(seen))
+"""
+
+
+def test_a_training_without_plots_imports_neither_polars_nor_the_font_manager_and_keeps_its_results(tmp_path: Path):
+    import polars as pl
+
+    seen = seen_in_a_fresh_process(tmp_path, TRAIN_WITHOUT_PLOTS)
+
+    assert seen["imported"] == []
+    ultralytics_read = pl.read_csv(Path(seen["csv"]).read_bytes(), infer_schema_length=None).to_dict(as_series=False)
+    assert len(ultralytics_read["epoch"]) == 2
+    assert seen["train_results"] == ultralytics_read  # what Ultralytics' polars read gives, types included
+
+
+def test_the_font_check_is_skipped_only_when_asked_and_comes_back(tmp_path: Path):
+    import ultralytics.data.utils as data_utils
+
+    from sentinel.ultra import font_check_skipped
+
+    check_font = data_utils.check_font
+    with font_check_skipped(False):
+        assert data_utils.check_font is check_font  # plots on: Ultralytics finds (or fetches) its font
+    with font_check_skipped(True):
+        assert data_utils.check_font("Arial.ttf") is None
+    assert data_utils.check_font is check_font
+
+
+def test_results_csv_values_are_typed_per_column_as_polars_does(tmp_path: Path):
+    import polars as pl
+
+    from sentinel.ultra import read_results_csv
+
+    path = tmp_path / "results.csv"
+    path.write_text("epoch,time,metrics/mAP50(B),val/box_loss,val/cls_loss\n1,1.5,0,nan,inf\n2,3,0,1.25,1e-05\n")
+    assert read_results_csv(path) == pl.read_csv(path.read_bytes(), infer_schema_length=None).to_dict(as_series=False)
+    assert read_results_csv(tmp_path / "missing.csv") == {}

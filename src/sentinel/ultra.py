@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import logging
 import os
 import shutil
@@ -169,6 +170,58 @@ class OptimizerWithoutState:
         return {"state": {}, "param_groups": self.optimizer.state_dict()["param_groups"]}
 
 
+@contextmanager
+def font_check_skipped(skip: bool) -> Iterator[None]:
+    """Within: Ultralytics' dataset check does not look for the plots' font.
+
+    check_det_dataset calls check_font (ultralytics/data/utils.py) whether or not the run plots, and
+    check_font starts by importing matplotlib's font_manager: 0.1 to 0.35 s in each fresh process, which
+    is every new tune trial worker. A run with plots=False draws nothing, so it needs no font.
+    """
+    if not skip:
+        yield
+        return
+    import ultralytics.data.utils as data_utils
+
+    check_font = data_utils.check_font
+    data_utils.check_font = lambda font="Arial.ttf": None
+    try:
+        yield
+    finally:
+        data_utils.check_font = check_font
+
+
+def read_results_csv(path: Path) -> dict[str, list[Any]]:
+    """Ultralytics' results.csv as {column: values}, what BaseTrainer.read_results_csv gives the checkpoint.
+
+    Ultralytics reads it with polars after every epoch (train_results in last.pt and best.pt); importing
+    polars costs 0.25 s in each fresh process. Same shape here with the csv module: a column whose every
+    value is an integer holds ints, one of numbers holds floats, and one with a NaN ("nan") holds its text, as
+    polars infers them from Ultralytics' "%.6g" values.
+    """
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            rows = list(csv.reader(handle))
+        header, values = rows[0], rows[1:]
+        columns = {name: [row[i] for row in values] for i, name in enumerate(header)}
+        return {name: _column_values(column) for name, column in columns.items()}
+    except (OSError, IndexError, ValueError):
+        return {}  # as Ultralytics does when the file cannot be read
+
+
+def _column_values(column: list[str]) -> list[Any]:
+    try:
+        return [int(value) for value in column]
+    except ValueError:
+        pass
+    if "nan" in column:  # what "%.6g" writes for NaN; polars reads only "NaN" as a number, so the column is text
+        return column
+    try:
+        return [float(value) for value in column]
+    except ValueError:
+        return column
+
+
 def sentinel_trainer(resumable: bool = True) -> type:
     """Ultralytics' DetectionTrainer, made without the integrations Sentinel does itself, with atomic checkpoints.
 
@@ -180,6 +233,10 @@ def sentinel_trainer(resumable: bool = True) -> type:
     `resumable=False` (tune trials: a trial that fails starts over, it never resumes from its weights) leaves
     the optimizer's state out of the checkpoints, as Ultralytics' strip_optimizer does to a finished
     training's weights: each epoch's checkpoint is then a fifth of the size to copy, serialise and write.
+
+    Two imports Ultralytics makes in every training are left out, which matters where a process trains
+    once (a fresh tune trial worker): polars for the checkpoints' copy of results.csv (read_results_csv
+    above) and, with plots=False, matplotlib's font manager for a font nothing draws (font_check_skipped).
     """
     from ultralytics.models.yolo.detect import DetectionTrainer
 
@@ -189,6 +246,17 @@ def sentinel_trainer(resumable: bool = True) -> type:
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             with builtin_integrations_off():
                 super().__init__(*args, **kwargs)
+
+        def get_dataset(self) -> dict[str, Any]:
+            with font_check_skipped(not self.args.plots):
+                return super().get_dataset()
+
+        def final_eval(self) -> Any:
+            with font_check_skipped(not self.args.plots):  # the final validation checks the dataset again
+                return super().final_eval()
+
+        def read_results_csv(self) -> dict[str, list[Any]]:
+            return read_results_csv(self.csv)
 
         def save_model(self) -> bool:
             finals = (self.last, self.best)
