@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -130,6 +131,42 @@ def test_same_seed_samples_the_same_trials(finished_run, tmp_path):
         return sorted((r["lr0"], r["fliplr"], r["mosaic"]) for r in read_rows(run_dir))
 
     assert sampled(tmp_path / "again") == sampled(finished_run)
+
+
+# Starts a local Ray in a fresh process, then leaves ray_shutting_down(started) after some work: whether the
+# driver was still connected inside, and whether Ray and its processes were gone once it had left.
+SHUT_DOWN_MEANWHILE = """
+import json, sys, psutil, ray
+from sentinel.raycluster import ray_shutting_down
+
+started = sys.argv[1] == "started"
+ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+processes = [p.process.pid for infos in ray._private.worker._global_node.all_processes.values() for p in infos]
+with ray_shutting_down(started):
+    sum(range(10**6))  # the report, meanwhile
+seen = {"initialized_after": ray.is_initialized(), "alive_after": sum(psutil.pid_exists(p) and
+        psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in processes), "processes": len(processes)}
+ray.shutdown()
+print("SEEN=" + json.dumps(seen))
+"""
+
+
+@pytest.mark.parametrize("started", ["started", "joined"])
+def test_a_ray_the_search_started_has_shut_down_when_its_report_is_written(tmp_path, started):
+    env = {**os.environ, "RAY_TMPDIR": tempfile.mkdtemp(prefix="sntl-", dir="/tmp")}
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", SHUT_DOWN_MEANWHILE, started], env=env, capture_output=True, text=True, timeout=180
+        )
+    finally:
+        shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    seen = json.loads(result.stdout.split("SEEN=")[-1])
+    assert seen["processes"] >= 3  # the GCS, the raylet, the monitor and the others
+    if started == "started":
+        assert not seen["initialized_after"] and seen["alive_after"] == 0
+    else:  # a Ray this run joined is not its to stop
+        assert seen["initialized_after"] and seen["alive_after"] == seen["processes"]
 
 
 def test_two_trials_ran_at_once(finished_run):

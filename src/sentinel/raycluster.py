@@ -13,7 +13,10 @@ import json
 import logging
 import socket
 import tarfile
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -307,3 +310,31 @@ def connect_ray(hw: DictConfig) -> bool:
     except (ConnectionError, RuntimeError, ValueError) as error:
         raise SentinelError(f"could not start or join Ray ({address or 'local'}): {error}") from None
     return True
+
+
+@contextmanager
+def ray_shutting_down(started: bool) -> Iterator[None]:
+    """Within: the Ray this run started shuts down in a background thread, while the driver goes on.
+
+    Most of `ray.shutdown()` is waiting: Ray stops its GCS before its autoscaler monitor, whose SIGTERM
+    handler then tries to report to that GCS until Ray kills it a second later (ray 2.60,
+    ray/_private/node.py kill_all_processes, ray/autoscaler/_private/monitor.py _signal_handler). Use it for
+    work that needs no Ray (the report of a finished search); on leaving, the shutdown has finished.
+    """
+    if not started:
+        yield
+        return
+    import ray
+
+    def shut_down() -> None:
+        try:
+            ray.shutdown()
+        except Exception as error:  # the search is done either way; its report matters more than a warning
+            log.warning("Ray did not shut down cleanly: %s", error)
+
+    stopping = threading.Thread(target=shut_down, name="ray-shutdown", daemon=True)
+    stopping.start()
+    try:
+        yield
+    finally:
+        stopping.join()

@@ -32,7 +32,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from sentinel.errors import ConfigError, Interrupted, SentinelError
 from sentinel.fingerprint import stable_hash
-from sentinel.raycluster import check_nodes_see, check_trial_resources, connect_ray, sync_dataset_to_nodes
+from sentinel.raycluster import (
+    check_nodes_see,
+    check_trial_resources,
+    connect_ray,
+    ray_shutting_down,
+    sync_dataset_to_nodes,
+)
 from sentinel.runs import claim_run_folder, newest_unfinished, read_json, read_state, write_json_atomic, write_state
 from sentinel.tracking import link_resumed_run
 from sentinel.ultra import check_weights_available, fixed_training_args, sentinel_trainer
@@ -410,7 +416,8 @@ def tune(cfg: DictConfig, run_dir: Path, skip_if_done: bool = False) -> TuneResu
                 f"tune: interrupted ({', '.join(pending)} unfinished); nothing was recorded as the best. "
                 "Fix: continue it with tune.resume=latest (same inputs) or tune.resume=" + str(resume_from or run_dir)
             )
-        result = write_tune_outputs(grid, cfg, run_dir, resume_from, experiment if storage.remote else None)
+        with ray_shutting_down(started_ray):  # the report needs no Ray; Ray's shutdown is mostly a wait
+            result = write_tune_outputs(grid, cfg, run_dir, resume_from, experiment if storage.remote else None)
         record_result(
             "tune",
             fingerprint,
