@@ -169,6 +169,38 @@ def test_a_ray_the_search_started_has_shut_down_when_its_report_is_written(tmp_p
         assert seen["initialized_after"] and seen["alive_after"] == seen["processes"]
 
 
+# Starts a local Ray as a search does, in a fresh process: which kinds of process Ray started, and that a
+# task runs on it.
+START_LOCAL_RAY = """
+import json, ray
+from omegaconf import OmegaConf
+from sentinel.raycluster import connect_ray
+
+assert connect_ray(OmegaConf.create({"ray_address": "", "num_cpus": 1, "num_gpus": 0}))
+kinds = sorted(ray._private.worker._global_node.all_processes)
+ran = ray.get(ray.remote(lambda: 1).remote())
+ray.shutdown()
+print("SEEN=" + json.dumps({"kinds": kinds, "ran": ran}))
+"""
+
+
+@pytest.mark.parametrize("usage_stats", ["0", "1"], ids=["usage_stats_off", "usage_stats_on"])
+def test_a_local_ray_starts_its_api_server_only_for_usage_stats(tmp_path, usage_stats):
+    env = {**os.environ, "RAY_TMPDIR": tempfile.mkdtemp(prefix="sntl-", dir="/tmp")}
+    env["RAY_USAGE_STATS_ENABLED"] = usage_stats
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", START_LOCAL_RAY], env=env, capture_output=True, text=True, timeout=180
+        )
+    finally:
+        shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    seen = json.loads(result.stdout.split("SEEN=")[-1])
+    assert seen["ran"] == 1
+    assert {"gcs_server", "raylet"} <= set(seen["kinds"])  # the names Ray gives its processes
+    assert ("dashboard" in seen["kinds"]) == (usage_stats == "1")
+
+
 def test_two_trials_ran_at_once(finished_run):
     intervals = sorted(trial_intervals(finished_run))
     assert len(intervals) == 4

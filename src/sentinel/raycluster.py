@@ -306,10 +306,47 @@ def connect_ray(hw: DictConfig) -> bool:
     else:
         kwargs.update(num_cpus=hw.num_cpus, num_gpus=hw.num_gpus)
     try:
-        ray.init(**kwargs)
+        with idle_api_server_skipped():
+            ray.init(**kwargs)
     except (ConnectionError, RuntimeError, ValueError) as error:
         raise SentinelError(f"could not start or join Ray ({address or 'local'}): {error}") from None
     return True
+
+
+@contextmanager
+def idle_api_server_skipped() -> Iterator[None]:
+    """Within: a Ray started here with include_dashboard=False and usage stats off starts no API server.
+
+    With the dashboard off, Ray still starts its API server, only to report usage stats
+    (ray-project/ray#26042), and waits for it to publish its address before it starts the raylet: 1.1-1.9 s
+    of every local start on a 2-core machine, on the critical path (ray 2.60, ray/_private/node.py
+    start_head_processes). With usage stats off that server has nothing to do: its one module returns at
+    once for a cluster `ray.init` started. Ray Tune needs only the GCS and the raylets. So, in exactly that
+    case, the node records what Ray records for a dashboard it did not include (an empty address) and starts
+    nothing; in every other case, and on a Ray without that method, Ray starts as it always does.
+    """
+    try:
+        from ray._common.usage.usage_lib import usage_stats_enabled
+        from ray._private.node import Node
+    except ImportError:  # a Ray that moved them: started as it always is (tests/test_tune.py notices)
+        yield
+        return
+    start_api_server = getattr(Node, "start_api_server", None)
+    if start_api_server is None or usage_stats_enabled():
+        yield
+        return
+
+    def start_unless_idle(node: Any, *, include_dashboard: bool | None, raise_on_failure: bool) -> None:
+        if include_dashboard is not False:
+            start_api_server(node, include_dashboard=include_dashboard, raise_on_failure=raise_on_failure)
+            return
+        node._webui_url = ""  # what Ray's own start_api_server returns when the dashboard is not included
+
+    Node.start_api_server = start_unless_idle
+    try:
+        yield
+    finally:
+        Node.start_api_server = start_api_server
 
 
 @contextmanager
