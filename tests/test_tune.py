@@ -151,17 +151,22 @@ print("SEEN=" + json.dumps(seen))
 """
 
 
-@pytest.mark.parametrize("started", ["started", "joined"])
-def test_a_ray_the_search_started_has_shut_down_when_its_report_is_written(tmp_path, started):
-    env = {**os.environ, "RAY_TMPDIR": tempfile.mkdtemp(prefix="sntl-", dir="/tmp")}
+def seen_in_a_fresh_ray_process(script: str, *args: str, **env: str) -> dict:
+    """Run `script` in a fresh Python with a Ray temp folder of its own; what it printed after SEEN=."""
+    env = {**os.environ, "RAY_TMPDIR": tempfile.mkdtemp(prefix="sntl-", dir="/tmp"), **env}
     try:
         result = subprocess.run(
-            [sys.executable, "-c", SHUT_DOWN_MEANWHILE, started], env=env, capture_output=True, text=True, timeout=180
+            [sys.executable, "-c", script, *args], env=env, capture_output=True, text=True, timeout=180
         )
     finally:
         shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
     assert result.returncode == 0, result.stderr[-3000:]
-    seen = json.loads(result.stdout.split("SEEN=")[-1])
+    return json.loads(result.stdout.split("SEEN=")[-1])
+
+
+@pytest.mark.parametrize("started", ["started", "joined"])
+def test_a_ray_the_search_started_has_shut_down_when_its_report_is_written(started):
+    seen = seen_in_a_fresh_ray_process(SHUT_DOWN_MEANWHILE, started)
     assert seen["processes"] >= 3  # the GCS, the raylet, the monitor and the others
     if started == "started":
         assert not seen["initialized_after"] and seen["alive_after"] == 0
@@ -185,17 +190,8 @@ print("SEEN=" + json.dumps({"kinds": kinds, "ran": ran}))
 
 
 @pytest.mark.parametrize("usage_stats", ["0", "1"], ids=["usage_stats_off", "usage_stats_on"])
-def test_a_local_ray_starts_its_api_server_only_for_usage_stats(tmp_path, usage_stats):
-    env = {**os.environ, "RAY_TMPDIR": tempfile.mkdtemp(prefix="sntl-", dir="/tmp")}
-    env["RAY_USAGE_STATS_ENABLED"] = usage_stats
-    try:
-        result = subprocess.run(
-            [sys.executable, "-c", START_LOCAL_RAY], env=env, capture_output=True, text=True, timeout=180
-        )
-    finally:
-        shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
-    assert result.returncode == 0, result.stderr[-3000:]
-    seen = json.loads(result.stdout.split("SEEN=")[-1])
+def test_a_local_ray_starts_its_api_server_only_for_usage_stats(usage_stats):
+    seen = seen_in_a_fresh_ray_process(START_LOCAL_RAY, RAY_USAGE_STATS_ENABLED=usage_stats)
     assert seen["ran"] == 1
     assert {"gcs_server", "raylet"} <= set(seen["kinds"])  # the names Ray gives its processes
     assert ("dashboard" in seen["kinds"]) == (usage_stats == "1")

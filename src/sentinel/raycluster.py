@@ -318,7 +318,7 @@ def idle_api_server_skipped() -> Iterator[None]:
     """Within: a Ray started here with include_dashboard=False and usage stats off starts no API server.
 
     With the dashboard off, Ray still starts its API server, only to report usage stats
-    (ray-project/ray#26042), and waits for it to publish its address before it starts the raylet: 1.1-1.9 s
+    (ray-project/ray#26042), and waits for it to publish its address before it starts the raylet: 1.1-1.8 s
     of every local start on a 2-core machine, on the critical path (ray 2.60, ray/_private/node.py
     start_head_processes). With usage stats off that server has nothing to do: its one module returns at
     once for a cluster `ray.init` started. Ray Tune needs only the GCS and the raylets. So, in exactly that
