@@ -12,6 +12,15 @@ Baselines, on the same source tree:
 Sentinel's build in every figure validates every image (decodes, not truncated), hashes it for duplicates
 and leaks, parses every label and writes Ultralytics' label cache.
 
+Nothing is deleted while timing, nor between timed runs: every timed run writes a folder of its own, and all
+of them are removed when the benchmark ends (or, after a crash, when the next one ends). On ext4, creating a
+file right after many were deleted costs up to ten times more: the inode allocator skips every inode freed in
+the last 5 minutes (300 s while the inode table block is dirty, as it is all through a build; fs/ext4/ialloc.c,
+`recently_deleted`), so each new file walks past the ones just freed. When each run first deleted the
+previous run's output, that search (`perf record -g`: `recently_deleted` under `find_inode_bit`) made a 20k
+build take 6 to 12 s and the floor 1.6 to 6 s from one run to the next, and only on the sides that create
+files (Sentinel, the floor, FiftyOne's export), never on `cp -al`, which creates no file inode.
+
 Sections (each figure is the median of alternating runs, printed with its target):
 - tiny:      20,000 32-px JPEGs — first build ÷ FiftyOne (speed-up ≥ 10), ÷ `cp -al` (≤ 4); cached rerun
              ÷ first build (≤ 0.02); incremental rebuild after an alias change ÷ first build (≤ 0.10).
@@ -33,6 +42,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 SOURCES = {"alpha": ["person", "gun"], "beta": ["Person", "knife"], "gamma": ["parcel"], "delta": ["Gun", "Knife"]}
@@ -110,15 +120,34 @@ def timed(function: Callable[[], object]) -> float:
     return time.perf_counter() - started
 
 
-class Prep:
-    """Sentinel's merge of `folders` into `data_dir`, as mode=prep runs it (minus Hydra)."""
+class Outputs:
+    """A new folder for each timed run, all removed together at the end (see the module docstring: why)."""
 
-    def __init__(self, folders: list[Path], data_dir: Path) -> None:
+    def __init__(self, workdir: Path) -> None:
+        self.root = workdir / "outputs"
+        self.count = 0
+
+    def new(self, name: str) -> Path:
+        self.count += 1
+        folder = self.root / f"{os.getpid()}-{self.count}-{name}"
+        assert not folder.exists(), folder
+        return folder
+
+    def remove_all(self) -> None:
+        """This benchmark's folders and any an earlier, interrupted one left; after the last timed run."""
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+class Prep:
+    """Sentinel's merge of `folders` into a new data_dir per first build, as mode=prep runs it (minus Hydra)."""
+
+    def __init__(self, folders: list[Path], outputs: Outputs) -> None:
         from omegaconf import OmegaConf
 
         from sentinel.schema import MergeConfig
 
-        self.folders, self.data_dir = folders, data_dir
+        self.folders, self.outputs = folders, outputs
+        self.data_dir = outputs.new("data")
         self.cfg = OmegaConf.structured(MergeConfig)
         self.rebuilds = 0
 
@@ -128,9 +157,13 @@ class Prep:
 
         return merge_sources([read_source(f.name, f) for f in self.folders], cfg or self.cfg, self.data_dir)
 
+    def new_data_dir(self) -> None:
+        """Untimed: the next first build starts from nothing (no merged folder, no per-file record)."""
+        self.data_dir = self.outputs.new("data")
+
     def first_build(self):
-        """A build from nothing: no merged folder, no per-file record."""
-        shutil.rmtree(self.data_dir, ignore_errors=True)
+        """A build from nothing, into the data_dir of `new_data_dir`."""
+        assert not self.data_dir.exists()
         return self.merge()
 
     def cached(self) -> None:
@@ -144,22 +177,15 @@ class Prep:
         result = self.merge(OmegaConf.merge(self.cfg, {"aliases": {"parcel": f"parcel{self.rebuilds}"}}))
         assert not result.cache_hit and result.report["file_records"]["images_read"] == 0
 
-    def drop_rebuilds(self) -> None:
-        """Keep the disk bounded between rounds (untimed): only the default build stays."""
-        keep = self.merge().folder
-        for folder in (self.data_dir / "merged").glob("[!.]*"):
-            if folder != keep and folder.is_dir():
-                shutil.rmtree(folder)
-
 
 def copy_tree(source: Path, target: Path, *flags: str) -> None:
-    shutil.rmtree(target, ignore_errors=True)
+    """`cp FLAGS source target` into a target that does not exist yet."""
+    assert not target.exists(), target
     subprocess.run(["cp", *flags, str(source), str(target)], check=True)
 
 
 def link_images_write_labels(folders: list[Path], target: Path) -> None:
     """The floor: `cp -al` of every source's images, and each label file read and written as a new file."""
-    shutil.rmtree(target, ignore_errors=True)
     for folder in folders:
         out = target / folder.name
         out.mkdir(parents=True)
@@ -193,10 +219,8 @@ merged.delete()
 """
 
 
-def fiftyone_merge(folders: list[Path], workdir: Path) -> float:
+def fiftyone_merge(folders: list[Path], workdir: Path, export_dir: Path) -> float:
     """The FiftyOne path's own time (its imports and mongod start-up excluded, like Sentinel's warm runs)."""
-    export_dir = workdir / "fiftyone-export"
-    shutil.rmtree(export_dir, ignore_errors=True)
     env = {"FIFTYONE_DATABASE_DIR": str(workdir / "fiftyone-db"), "FIFTYONE_DO_NOT_TRACK": "true"}
     result = subprocess.run(
         [sys.executable, "-c", FIFTYONE, json.dumps([str(f) for f in folders]), str(export_dir)],
@@ -217,21 +241,21 @@ def show(name: str, value: float, target: str, met: bool) -> None:
     print(f"  {name:<44} {value:8.3f}   target {target:<8} {'met' if met else 'NOT MET'}")
 
 
-def tiny_section(workdir: Path, runs: int) -> None:
+def tiny_section(workdir: Path, runs: int, outputs: Outputs) -> None:
     folders = generate(workdir / "tiny", 20_000)
-    prep = Prep(folders, workdir / "tiny-data")
+    prep = Prep(folders, outputs)
     images = prep.first_build().report["totals"]["kept"]  # warm-up: imports, page cache
     prep.incremental()
-    fiftyone_merge(folders, workdir)  # warm-up of FiftyOne's database files
+    fiftyone_merge(folders, workdir, outputs.new("fiftyone"))  # warm-up of FiftyOne's database files
     build, cp_al, floor, cached, incremental, fiftyone = [], [], [], [], [], []
     for _ in range(runs):
+        prep.new_data_dir()
         build.append(timed(prep.first_build))
-        cp_al.append(timed(lambda: copy_tree(workdir / "tiny", workdir / "tiny-copy", "-al")))
-        floor.append(timed(lambda: link_images_write_labels(folders, workdir / "tiny-floor")))
+        cp_al.append(timed(partial(copy_tree, workdir / "tiny", outputs.new("cp-al"), "-al")))
+        floor.append(timed(partial(link_images_write_labels, folders, outputs.new("floor"))))
         cached.append(timed(prep.cached))
         incremental.append(timed(prep.incremental))
-        prep.drop_rebuilds()
-        fiftyone.append(fiftyone_merge(folders, workdir))
+        fiftyone.append(fiftyone_merge(folders, workdir, outputs.new("fiftyone")))
     b = median(build)
     print(f"tiny: {images} images of 32 px in 4 sources, {runs} alternating runs, medians")
     print(f"  first build {b:.2f} s, cp -al {median(cp_al):.2f} s, FiftyOne {median(fiftyone):.2f} s, ", end="")
@@ -245,21 +269,18 @@ def tiny_section(workdir: Path, runs: int) -> None:
     print(f"  images per second, first build: {images / b:.0f}")
     print(f"  runs (s): build {rounded(build)} cp -al {rounded(cp_al)} incremental {rounded(incremental)}")
     print(f"            floor {rounded(floor)} FiftyOne {rounded(fiftyone)}")
-    for copy in ("tiny-copy", "tiny-floor"):
-        shutil.rmtree(workdir / copy, ignore_errors=True)
 
 
-def realistic_section(workdir: Path, runs: int) -> None:
+def realistic_section(workdir: Path, runs: int, outputs: Outputs) -> None:
     folders = generate(workdir / "realistic", 5_000, "realistic")
-    prep = Prep(folders, workdir / "realistic-data")
+    prep = Prep(folders, outputs)
     images = prep.first_build().report["totals"]["kept"]
     build, cp_r, incremental = [], [], []
     for _ in range(runs):
+        prep.new_data_dir()
         build.append(timed(prep.first_build))
-        cp_r.append(timed(lambda: copy_tree(workdir / "realistic", workdir / "realistic-copy", "-r")))
+        cp_r.append(timed(partial(copy_tree, workdir / "realistic", outputs.new("cp-r"), "-r")))
         incremental.append(timed(prep.incremental))
-        prep.drop_rebuilds()
-    shutil.rmtree(workdir / "realistic-copy", ignore_errors=True)
     b = median(build)
     size = sum(p.stat().st_size for p in (workdir / "realistic").rglob("*.jpg")) / 2**20
     print(f"realistic: {images} JPEGs of 640x480 ({size:.0f} MiB), {runs} alternating runs, medians")
@@ -273,9 +294,10 @@ def realistic_section(workdir: Path, runs: int) -> None:
 SCALING_CHILD = """
 import json, resource, sys, time
 sys.path.insert(0, sys.argv[3])
-from prep import Prep
+from prep import Outputs, Prep
 from pathlib import Path
-prep = Prep(sorted(Path(sys.argv[1]).glob("*/")), Path(sys.argv[2]))
+outputs = Outputs(Path(sys.argv[2]))
+prep = Prep(sorted(Path(sys.argv[1]).glob("*/")), outputs)
 import sentinel.merge  # imports are not the build's cost (prep imports no torch: ultra_cache.CACHE_VERSION)
 import threading, psutil
 worker_peak = [0]
@@ -299,7 +321,7 @@ print("RESULT=" + json.dumps([images, seconds, peak, worker_peak[0]]))
 """
 
 
-def scaling_section(workdir: Path, runs: int) -> None:
+def scaling_section(workdir: Path, runs: int, outputs: Outputs) -> None:
     print("scaling: first build in a fresh process per run; peak memory of that process (imports included) and")
     print("         of its largest worker process (the forkserver included), sampled every 0.1 s")
     rates = {}
@@ -308,12 +330,11 @@ def scaling_section(workdir: Path, runs: int) -> None:
         generate(root, total)
         results = []
         for _ in range(runs):
-            command = [sys.executable, "-c", SCALING_CHILD, str(root), str(workdir / "scale-data"), str(HERE)]
+            command = [sys.executable, "-c", SCALING_CHILD, str(root), str(workdir), str(HERE)]
             out = subprocess.run(command, capture_output=True, text=True)
             if out.returncode != 0:
                 sys.exit(f"scaling run failed:\n{out.stderr[-3000:]}")
             results.append(json.loads(out.stdout.rsplit("RESULT=", 1)[1]))
-        shutil.rmtree(workdir / "scale-data", ignore_errors=True)
         images = results[0][0]
         seconds, peak = median([r[1] for r in results]), max(r[2] for r in results)
         worker_peak = max(r[3] for r in results)
@@ -338,8 +359,12 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/sentinel-bench"))
     args = parser.parse_args()
     sections = {"tiny": tiny_section, "realistic": realistic_section, "scaling": scaling_section}
-    for name in args.sections.split(","):
-        sections[name](args.workdir, args.runs)
+    outputs = Outputs(args.workdir)
+    try:
+        for name in args.sections.split(","):
+            sections[name](args.workdir, args.runs, outputs)
+    finally:
+        outputs.remove_all()
 
 
 if __name__ == "__main__":
