@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import subprocess
@@ -13,6 +14,7 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
+import sentinel.merge
 from builders import jpeg_bytes, make_source, png_bytes, tree_digest
 from sentinel.errors import ConfigError, SentinelError
 from sentinel.faults import KILL_ENV
@@ -79,6 +81,34 @@ def test_images_are_hard_links_and_nothing_is_copied(three_sources, tmp_path):
     source = tmp_path / "src" / "coco" / "images" / "train" / "img_1.jpg"
     assert os.path.samefile(image, source)
     assert result.report["placement"] == {"hardlink": 15} and result.report["bytes_copied"] == 0
+
+
+def test_the_cyclic_collector_is_off_during_a_build_and_back_after_it_even_after_an_error(
+    three_sources, tmp_path, monkeypatch
+):
+    seen, real_build = [], sentinel.merge.build_merged
+
+    def build(*args, fail=False):
+        seen.append(gc.isenabled())
+        if fail:
+            raise RuntimeError("build failed")
+        return real_build(*args)
+
+    monkeypatch.setattr(sentinel.merge, "build_merged", build)
+    assert gc.isenabled()
+    merge_sources(three_sources, merge_cfg(), tmp_path / "d")
+    assert seen == [False] and gc.isenabled()
+    monkeypatch.setattr(sentinel.merge, "build_merged", lambda *args: build(*args, fail=True))
+    with pytest.raises(RuntimeError, match="build failed"):
+        merge_sources(three_sources, merge_cfg(exclude=["knife"]), tmp_path / "d")
+    assert seen == [False, False] and gc.isenabled()
+    monkeypatch.setattr(sentinel.merge, "build_merged", build)
+    gc.disable()  # a caller that turned it off itself keeps it off
+    try:
+        merge_sources(three_sources, merge_cfg(), tmp_path / "d2")
+        assert seen == [False, False, False] and not gc.isenabled()
+    finally:
+        gc.enable()
 
 
 def test_include_exclude_and_explicit_order(three_sources, tmp_path):

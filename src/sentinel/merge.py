@@ -16,6 +16,7 @@ each file's image check and label parse comes from the per-file record (sentinel
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import logging
 import multiprocessing
@@ -25,9 +26,10 @@ import signal
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -142,6 +144,30 @@ def merge_sources(sources: list[SourceData], merge: DictConfig, data_dir: Path) 
         # A worker process of an earlier merge is importing an unguarded main script, which calls us again: it
         # would wait for that merge's lock forever. Fail instead; the parent then says what to do.
         raise SentinelError("prep: merge_sources called while a worker process starts (unguarded main script)")
+    with cyclic_gc_paused():
+        return _merge_sources(sources, merge, data_dir)
+
+
+@contextmanager
+def cyclic_gc_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off while a merge makes its per-image objects, as it was after.
+
+    A merge keeps some ten objects per image alive until it ends (the plan, the results, the per-file record)
+    and frees almost none, which is the worst case for the collector: each collection it triggers walks
+    everything still alive, and it triggers them all the way through the build. At 20k images that was 0.5 s
+    of a 3 s first build and 0.4 s of a 2.1 s rebuild (tmpfs, so the disk does not hide it). Nothing a merge
+    makes forms a reference cycle, so reference counting still frees all it drops; collection resumes after.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _merge_sources(sources: list[SourceData], merge: DictConfig, data_dir: Path) -> MergeResult:
     class_map = build_class_map({s.name: s.names for s in sources}, merge)
     plan = plan_items(sources)
     fingerprint = merge_fingerprint(sources, plan, merge)
