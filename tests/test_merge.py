@@ -265,6 +265,28 @@ def test_unchanged_inputs_are_a_cache_hit_and_changes_rebuild(three_sources, tmp
     assert merged_labels(edited)["train/coco__img_0.txt"].startswith("2 0.400000 0.400000")
 
 
+PRELOAD_SCRIPT = """
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from sentinel.merge import _forkserver_context
+def decoder_loaded():
+    return "cv2" in sys.modules
+if __name__ == "__main__":
+    assert "cv2" not in sys.modules
+    with ProcessPoolExecutor(1, mp_context=_forkserver_context()) as pool:
+        print("worker started with the decoder:", pool.submit(decoder_loaded).result())
+"""
+
+
+def test_merge_worker_processes_start_with_the_decoder_already_imported(tmp_path):
+    # The forkserver imports it once; without the preload each worker of each merge imports it (0.2 s).
+    script = tmp_path / "preload.py"
+    script.write_text(PRELOAD_SCRIPT)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "worker started with the decoder: True" in out.stdout
+
+
 KILL_SCRIPT = """
 import sys
 from pathlib import Path

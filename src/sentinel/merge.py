@@ -454,7 +454,7 @@ def _pool_for(
     if processes > 1 and to_read >= PROCESS_POOL_MIN_ITEMS:
         pool = ProcessPoolExecutor(
             processes,
-            mp_context=multiprocessing.get_context("forkserver"),  # fork could copy a held lock of another thread
+            mp_context=_forkserver_context(),
             initializer=_start_worker,
             initargs=(class_map, options, folders, records.path),
         )
@@ -464,6 +464,20 @@ def _pool_for(
         return (*_process_batch(batch, class_map, options, folders, records), None)
 
     return ThreadPoolExecutor(max_workers=workers if to_read else 1), in_thread
+
+
+def _forkserver_context() -> multiprocessing.context.BaseContext:
+    """Worker processes forked from a server process that has imported what they run, once.
+
+    Not plain fork: a fork of a process with threads can copy a lock another thread holds. The server
+    imports the main script (as it does by default, so workers need not), this module and the decoder
+    (0.2 s a worker otherwise) before its first fork and lives as long as this process, so every later
+    merge's workers start with them loaded. Asked for before the server starts; once it runs, it keeps
+    what it has.
+    """
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["__main__", __name__, "cv2", "numpy"])
+    return context
 
 
 PROCESS_POOL_MIN_ITEMS = 4000  # images to read: below this, starting worker processes costs more than they save
