@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -95,18 +96,14 @@ def _cache_hash(final: Path, split: str, items: list[Kept], num_classes: int) ->
     the build folder, which files keep through the folder's rename.
     """
     labels, images = os.path.join(final, "labels", split, ""), os.path.join(final, "images", split, "")
-    files = [(f"{labels}{k.item.out_stem}.txt", k.label_stat) for k in items]
-    files += [(images + k.item.out_image_name, k.image_stat) for k in items]
-    h = hashlib.sha256()
-    for name, (size, mtime_ns) in files:
-        h.update(os.fsencode(name))
-        h.update(b"\0")
-        h.update(f"{size}:{mtime_ns}".encode())
-        h.update(b"\0")
-    h.update(os.fsencode(scan_args(num_classes)))  # not a file: get_hash's stat fails and it adds one NUL
-    h.update(b"\0")
-    h.update(b"\0")
-    return h.hexdigest()
+    # One string for all of it, encoded once as os.fsencode encodes each name: the
+    # same bytes as an update per name and per stat, without 160k calls.
+    parts = [f"{labels}{k.item.out_stem}.txt\0{k.label_stat[0]}:{k.label_stat[1]}\0" for k in items]
+    parts += [f"{images}{k.item.out_image_name}\0{k.image_stat[0]}:{k.image_stat[1]}\0" for k in items]
+    parts.append(f"{scan_args(num_classes)}\0\0")  # not a file: get_hash's stat fails and it adds one NUL
+    return hashlib.sha256(
+        "".join(parts).encode(sys.getfilesystemencoding(), sys.getfilesystemencodeerrors())
+    ).hexdigest()
 
 
 def _save(path: Path, cache: dict[str, Any], np: Any) -> None:
