@@ -13,13 +13,14 @@ Sentinel's build in every figure validates every image (decodes, not truncated),
 and leaks, parses every label and writes Ultralytics' label cache.
 
 Nothing is deleted while timing, nor between timed runs: every timed run writes a folder of its own, and all
-of them are removed when the benchmark ends (or, after a crash, when the next one ends). On ext4, creating a
-file right after many were deleted costs up to ten times more: the inode allocator skips every inode freed in
-the last 5 minutes (300 s while the inode table block is dirty, as it is all through a build; fs/ext4/ialloc.c,
-`recently_deleted`), so each new file walks past the ones just freed. When each run first deleted the
-previous run's output, that search (`perf record -g`: `recently_deleted` under `find_inode_bit`) made a 20k
-build take 6 to 12 s and the floor 1.6 to 6 s from one run to the next, and only on the sides that create
-files (Sentinel, the floor, FiftyOne's export), never on `cp -al`, which creates no file inode.
+of them are removed when the benchmark ends. On ext4, creating a file within minutes of many being deleted
+costs up to ten times more: the inode allocator skips every inode freed in the last 5 minutes (300 s while the
+inode table block is dirty, as it is all through a build; fs/ext4/ialloc.c, `recently_deleted`), so each new
+file walks past the ones just freed. When each run first deleted the previous run's output, that search
+(`perf record -g`: `recently_deleted` under `find_inode_bit`) made a 20k build take 6 to 12 s and the floor
+1.6 to 6 s from one run to the next, and only on the sides that create files (Sentinel, the floor, FiftyOne's
+export), never on `cp -al`, which creates no file inode. For the same reason a benchmark started within 5
+minutes of the end of the last one (which removed its outputs) waits out the rest of those 5 minutes first.
 
 Sections (each figure is the median of alternating runs, printed with its target):
 - tiny:      20,000 32-px JPEGs — first build ÷ FiftyOne (speed-up ≥ 10), ÷ `cp -al` (≤ 4); cached rerun
@@ -120,12 +121,28 @@ def timed(function: Callable[[], object]) -> float:
     return time.perf_counter() - started
 
 
+EXT4_RECENTLY_DELETED_S = 300  # fs/ext4/ialloc.c RECENTCY_DIRTY: how long a freed inode is skipped
+
+
 class Outputs:
     """A new folder for each timed run, all removed together at the end (see the module docstring: why)."""
 
     def __init__(self, workdir: Path) -> None:
         self.root = workdir / "outputs"
+        self.removed_at = workdir / "outputs-removed-at"  # when the last benchmark removed its outputs
         self.count = 0
+
+    def settle(self) -> None:
+        """Before the first timed run: remove what a crashed run left, then wait until no removal is recent."""
+        if self.root.exists():
+            self.remove_all()
+        if not self.removed_at.is_file():
+            return
+        wait = float(self.removed_at.read_text()) + EXT4_RECENTLY_DELETED_S - time.time()
+        if wait > 0:
+            print(f"waiting {wait:.0f} s: the last benchmark removed its outputs less than 5 minutes ago, and new")
+            print("files would be slower to create until then (ext4's recently deleted inodes; see --help)")
+            time.sleep(wait)
 
     def new(self, name: str) -> Path:
         self.count += 1
@@ -134,8 +151,9 @@ class Outputs:
         return folder
 
     def remove_all(self) -> None:
-        """This benchmark's folders and any an earlier, interrupted one left; after the last timed run."""
+        """This benchmark's folders (after its last timed run), or those a crashed one left (before its first)."""
         shutil.rmtree(self.root, ignore_errors=True)
+        self.removed_at.write_text(str(time.time()))
 
 
 class Prep:
@@ -359,7 +377,9 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/sentinel-bench"))
     args = parser.parse_args()
     sections = {"tiny": tiny_section, "realistic": realistic_section, "scaling": scaling_section}
+    args.workdir.mkdir(parents=True, exist_ok=True)
     outputs = Outputs(args.workdir)
+    outputs.settle()
     try:
         for name in args.sections.split(","):
             sections[name](args.workdir, args.runs, outputs)
