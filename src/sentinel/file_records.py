@@ -38,7 +38,8 @@ from sentinel.runs import write_atomic
 
 log = logging.getLogger(__name__)
 
-FORMAT = 2  # bump when what is stored changes; the file name carries it, so old records are simply ignored
+FORMAT = 3  # bump when what is stored changes; the file name carries it, so old records are simply ignored
+# (3: image digests are SHA-256, sentinel.images; a BLAKE2b one of an earlier record would match no new one)
 LOCK_TIMEOUT_S = 60.0
 FileKey = tuple[int, int, int, int]  # (st_dev, st_ino, st_size, st_mtime_ns)
 WrittenLabel = tuple[str, int, int, int]  # (final path, st_ino, st_size, st_mtime_ns) of a label a build wrote

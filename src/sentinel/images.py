@@ -9,6 +9,10 @@ The size is read from the file's header, EXIF orientation applied, exactly as Ul
 gives it: prep writes Ultralytics' label cache with it (sentinel.ultra_cache), and a wrong shape there
 would silently misplace every box. JPEG and plain PNG headers are parsed here (microseconds); anything
 else, or a header carrying EXIF, goes through PIL and Ultralytics' own `exif_size`.
+
+The content hash (duplicates, leaks) is SHA-256, cut to 128 bits: OpenSSL computes it with the processor's
+SHA instructions where there are some (x86 since Ice Lake and Zen, ARMv8), 1.8 GB/s here against 0.83 GB/s
+for BLAKE2b, the hash before; on 345 MiB of photos that is a quarter of a second of a build's CPU.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ import hashlib
 import io
 from dataclasses import dataclass, replace
 from pathlib import Path
+
+from sentinel.file_bytes import read_file
 
 IMAGE_SUFFIXES = frozenset({".bmp", ".dng", ".jpeg", ".jpg", ".mpo", ".png", ".tif", ".tiff", ".webp", ".pfm"})
 MIN_SIDE = 10  # Ultralytics rejects images under 10 px (ultralytics/data/utils.py verify_image_label)
@@ -69,11 +75,11 @@ def sniff_format(data: bytes) -> str:
     return ""
 
 
-def check_image(path: str | Path) -> ImageCheck:
-    """Read, hash and decode `path`. Never raises for a bad image: returns it with `problem` set."""
+def check_image(path: str | Path, size: int = 0) -> ImageCheck:
+    """Read, hash and decode `path` (`size`: its size at the last stat, if known). Never raises for a bad image:
+    returns it with `problem` set."""
     try:
-        with open(path, "rb") as handle:
-            data = handle.read()
+        data = read_file(path, size)
     except OSError as error:
         return ImageCheck(digest="", problem="unreadable_image", detail=str(error))
     return with_extension_check(check_image_bytes(data), str(path))
@@ -88,7 +94,7 @@ def with_extension_check(check: ImageCheck, path: str) -> ImageCheck:
 
 def check_image_bytes(data: bytes) -> ImageCheck:
     """Everything prep learns from an image's content; the same bytes give the same answer, whatever the name."""
-    digest = hashlib.blake2b(data, digest_size=16).hexdigest()
+    digest = hashlib.sha256(data).hexdigest()[:32]
     if not data:
         return ImageCheck(digest=digest, problem="empty_image_file", detail="0 bytes")
     fmt = sniff_format(data)

@@ -10,6 +10,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sentinel.file_bytes import read_file
+
 # A box: (class id in its source, x_center, y_center, width, height), all normalised.
 Box = tuple[int, float, float, float, float]
 EPS = 1e-6  # exporters write 1.0000001; Ultralytics' own check clips the same way
@@ -30,12 +32,12 @@ class LabelParse:
     unreadable: str = ""  # why the file could not be read or decoded; then boxes and problems are empty
 
 
-def parse_label_file(path: str | Path, num_classes: int) -> LabelParse:
-    """Read `path` and validate each line against a source with `num_classes` classes."""
+def parse_label_file(path: str | Path, num_classes: int, size: int = 0) -> LabelParse:
+    """Read `path` (`size`: its size at the last stat, if known) and validate each line against a source with
+    `num_classes` classes."""
     result = LabelParse()
     try:
-        with open(path, "rb") as handle:
-            text = decode_label_bytes(handle.read())
+        text = decode_label_bytes(read_file(path, size))
     except (OSError, UnicodeDecodeError) as error:
         result.unreadable = f"{type(error).__name__}: {error}"
         return result

@@ -605,7 +605,7 @@ def _check_one(item: Item, records: FileRecords, tally: Tally) -> Checked:
     image_key = file_key(item.image_stat)
     content = records.image(image_key)
     if content is None:
-        image = check_image(item.image)
+        image = check_image(item.image, item.image_stat[0])
         records.add_image(image_key, image)
         tally.reads["images_read"] += 1
     else:
@@ -616,7 +616,7 @@ def _check_one(item: Item, records: FileRecords, tally: Tally) -> Checked:
     label_key = file_key(item.label_stat)
     labels = records.label(label_key, item.num_classes)
     if labels is None:
-        labels = parse_label_file(item.label, item.num_classes)
+        labels = parse_label_file(item.label, item.num_classes, item.label_stat[0])
         records.add_label(label_key, item.num_classes, labels)
         tally.reads["labels_read"] += 1
     else:
