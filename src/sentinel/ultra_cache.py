@@ -96,8 +96,8 @@ def _cache_hash(final: Path, split: str, items: list[Kept], num_classes: int) ->
     the build folder, which files keep through the folder's rename.
     """
     labels, images = os.path.join(final, "labels", split, ""), os.path.join(final, "images", split, "")
-    # One string for all of it, encoded once as os.fsencode encodes each name: the
-    # same bytes as an update per name and per stat, without 160k calls.
+    # One string for all of it, encoded once as os.fsencode encodes each name: the same bytes as an update per
+    # name and per stat, without 160k calls.
     parts = [f"{labels}{k.item.out_stem}.txt\0{k.label_stat[0]}:{k.label_stat[1]}\0" for k in items]
     parts += [f"{images}{k.item.out_image_name}\0{k.image_stat[0]}:{k.image_stat[1]}\0" for k in items]
     parts.append(f"{scan_args(num_classes)}\0\0")  # not a file: get_hash's stat fails and it adds one NUL
