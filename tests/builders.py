@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import io
 import random
@@ -80,3 +81,12 @@ def ultralytics_dataset(dataset_yaml: Path, split: str):
     data = check_det_dataset(str(dataset_yaml))
     cfg = get_cfg(overrides={"imgsz": 64, "cache": False, "single_cls": False, "task": "detect"})
     return build_yolo_dataset(cfg, data[split], batch=2, data=data, mode="val")
+
+
+def last_epoch_rate(results_csv: Path, applied: dict) -> tuple[float, float]:
+    """The weights' learning rate in the last row of Ultralytics' results.csv, and lr0 × the linear schedule's
+    factor at that epoch (warm-up, capped at epochs - 1, is over by then)."""
+    with open(results_csv) as handle:
+        rows = [{k.strip(): v for k, v in row.items()} for row in csv.DictReader(handle)]
+    epoch, epochs, lrf = int(rows[-1]["epoch"]) - 1, len(rows), applied["lrf"]
+    return float(rows[-1]["lr/pg1"]), applied["lr0"] * ((1 - epoch / epochs) * (1 - lrf) + lrf)

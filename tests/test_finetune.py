@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from builders import last_epoch_rate
 from conftest import kill_process_tree, run_train, start_train
 
 pytestmark = pytest.mark.slow
@@ -19,6 +20,7 @@ TINY = [
     "experiment=demo",
     "model.imgsz=64",
     "model.epochs=2",
+    "augmentation.close_mosaic=1",  # below model.epochs, or mosaic never acts (refused at start-up)
     "model.patience=2",
     "tune.epochs=2",
     "tune.grace_period=1",
@@ -53,6 +55,23 @@ def test_finetune_uses_exactly_the_tuned_values(tuned_and_finetuned):
     recorded = yaml.safe_load((tuned_and_finetuned / "ft" / "finetune_args.yaml").read_text())
     assert recorded["hparams_from"].endswith("tune/best_hparams.yaml") and recorded["args"]["lr0"] == best["lr0"]
     assert (tuned_and_finetuned / "ft" / "sentinel.pt").is_file()
+
+
+def test_two_fine_tunes_with_two_rates_train_with_those_rates(tuned_and_finetuned):
+    best = yaml.safe_load((tuned_and_finetuned / "tune" / "best_hparams.yaml").read_text())
+    rates = {}
+    for run, lr0 in (("ft", best["lr0"]), ("ft_longer", 0.01)):  # tuned, then Ultralytics' own default
+        record = yaml.safe_load((tuned_and_finetuned / run / "applied_args.yaml").read_text())
+        assert record["differences"] == [] and record["applied"]["optimizer"] == "SGD"
+        assert record["applied"]["lr0"] == pytest.approx(lr0)  # read back from the optimizer
+        used, predicted = last_epoch_rate(tuned_and_finetuned / run / "finetune" / "results.csv", record["applied"])
+        assert used == pytest.approx(predicted, rel=1e-3)
+        rates[run] = used
+        log = (tuned_and_finetuned / run / "train.log").read_text()
+        assert "ignoring 'lr0" not in log
+    assert rates["ft"] != pytest.approx(rates["ft_longer"])
+    card = (tuned_and_finetuned / "ft" / "model_card.md").read_text()
+    assert "The values Ultralytics applied" in card and f"lr0: {best['lr0']}" in card
 
 
 def test_evaluate_table_equals_ultralytics_val(tuned_and_finetuned):

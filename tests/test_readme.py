@@ -38,6 +38,7 @@ def tiny(data_dir: Path) -> list[str]:
         "model=yolov8n_scratch",
         "model.imgsz=64",
         "model.epochs=1",
+        "augmentation.close_mosaic=0",  # below model.epochs, or mosaic never acts (refused at start-up)
         "model.patience=1",
         "search_space=demo",
         "tune.num_samples=2",

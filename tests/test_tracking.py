@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import requests
+import yaml
 
 from conftest import CONF_DIR, free_port, kill_process_tree, run_train, start_train
 
@@ -78,7 +79,14 @@ def demo_args(tmp_path: Path, uri: str, experiment: str) -> list[str]:
         f"hydra.run.dir={tmp_path / 'run'}",
         f"tracking.uri={uri}",
         f"tracking.experiment={experiment}",
-        *("model.epochs=2", "model.patience=2", "tune.num_samples=2", "tune.epochs=2", "tune.grace_period=1"),
+        *(
+            "model.epochs=2",
+            "augmentation.close_mosaic=1",
+            "model.patience=2",
+            "tune.num_samples=2",
+            "tune.epochs=2",
+            "tune.grace_period=1",
+        ),
         *("hardware.num_cpus=2", "merge.samples_grid=4", "export.formats=[torchscript]"),
     ]
 
@@ -106,6 +114,17 @@ def test_the_run_has_the_resolved_config_and_its_lineage_tags(demo_run):
     assert tags["sentinel.version.ultralytics"][0].isdigit() and tags["sentinel.version.torch"][0].isdigit()
     assert json.loads((run_dir / "tracking.json").read_text())["run_id"] == run.info.run_id
     assert run.info.status == "FINISHED" and run.info.run_id in stdout
+    # Plain values, as config_resolved.yaml writes them: a search `params.mode = 'all'` finds the run.
+    assert (params["mode"], params["merge.balance"], params["merge.on_bad_label"]) == ("all", "none", "skip_line")
+
+
+def test_the_fine_tunes_params_are_the_values_ultralytics_applied(demo_run):
+    run_dir, _, run, _ = demo_run
+    params = run.data.params
+    applied = yaml.safe_load((run_dir / "applied_args.yaml").read_text())["applied"]
+    best = yaml.safe_load((run_dir / "best_hparams.yaml").read_text())
+    assert params["applied.optimizer"] == "SGD" == applied["optimizer"]
+    assert float(params["applied.lr0"]) == pytest.approx(best["lr0"]) == applied["lr0"]
 
 
 def test_prep_counts_and_finetune_epochs_and_test_metrics_are_metrics(demo_run):
@@ -263,6 +282,20 @@ def test_compare_names_the_key_that_differs_and_each_runs_metric(tmp_path, backe
         shown = json.dumps(json.loads(exclude.replace("gun", '"gun"').replace("knife", '"knife"')))
         assert any(f"| {count} | {shown} |" in row for row in rows), (exclude, count, report)
     assert (tmp_path / "cmp" / "compare.html").is_file() and (tmp_path / "cmp" / "compare.png").stat().st_size > 0
+
+
+def test_compare_right_after_a_presets_run_finds_it_without_naming_an_experiment(tmp_path):
+    prep = ["experiment=demo", "mode=prep", "merge.samples_grid=0", "hydra.run.dir=outputs/demo"]
+    assert run_train(prep, cwd=tmp_path).returncode == 0  # recorded in the MLflow experiment `demo`
+    wrong_metric = run_train(["mode=compare", "hydra.run.dir=cmp0"], cwd=tmp_path)  # test/map50-95: none yet
+    assert wrong_metric.returncode == 1 and "'compare.metric'" in wrong_metric.stderr
+    assert "Fix: use one of prep/" in wrong_metric.stderr  # never an empty Fix
+    result = run_train(["mode=compare", "compare.metric=prep/kept", "hydra.run.dir=cmp"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line for line in (tmp_path / "cmp" / "compare.md").read_text().splitlines() if line.startswith("| ")]
+    assert len(rows) == 2 and rows[1].startswith("| demo: prep ")  # the header, then the demo's run
+    nothing = run_train(["mode=compare", "compare.experiment=demo", "compare.sweep=/nowhere"], cwd=tmp_path)
+    assert nothing.returncode == 1 and "experiment 'demo', sweep /nowhere" in nothing.stderr
 
 
 def test_doctor_reports_an_unreachable_server_next_to_the_other_checks(tmp_path):

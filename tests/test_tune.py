@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from builders import last_epoch_rate
 from conftest import EXPECTED_SKIP, kill_process_tree, run_train, start_train
 
 pytestmark = pytest.mark.slow
@@ -87,6 +88,26 @@ def test_trials_log_to_their_own_folder_not_the_console(finished_run):
     assert "train_trial pid=" not in console and "Traceback" not in console
     trial_logs = list((finished_run / "ray_tune").glob("*/trial.log"))
     assert len(trial_logs) == 4 and all(log.stat().st_size > 0 for log in trial_logs)
+
+
+def test_every_trial_trains_with_its_sampled_values_read_back_from_ultralytics(finished_run):
+    completed = 0
+    for row in read_rows(finished_run):
+        trial = Path(row["path"])
+        record = yaml.safe_load((trial / "applied_args.yaml").read_text())
+        assert record["differences"] == [], record["differences"]
+        applied = record["applied"]
+        assert applied["optimizer"] == "SGD" and applied["lr0"] == pytest.approx(float(row["lr0"]))
+        assert applied["mosaic"] == pytest.approx(float(row["mosaic"]))  # not closed before the first epoch
+        assert applied["close_mosaic"] == 1  # the demo fine-tune's 10 of 40 epochs, in a 3-epoch trial
+        assert "ignoring 'lr0" not in (trial / "trial.log").read_text()
+        if row["ended"] == "completed":
+            used, predicted = last_epoch_rate(trial / "train" / "results.csv", applied)
+            assert used == pytest.approx(predicted, rel=1e-3)
+            completed += 1
+    assert completed >= 1
+    best = yaml.safe_load((finished_run / "best_hparams.yaml").read_text())
+    assert set(best) == {"lr0", "fliplr", "mosaic"}
 
 
 def test_results_table_has_every_trial_within_the_space(finished_run):

@@ -1,6 +1,7 @@
 """mode=compare: a report over earlier runs — the chosen metric per run, next to the config keys that differ.
 
-Runs come from the tracking store (tracking=mlflow: the experiment's finished top-level runs) or, with
+Runs come from the tracking store (tracking=mlflow: the finished top-level runs of every experiment, or of
+`compare.experiment`) or, with
 tracking=none, from the run folders under the launch folder's outputs/ and multirun/ (their
 config_resolved.yaml, prep_report.json and metrics.json). Select by `compare.experiment`, by
 `compare.sweep` (a multirun folder) and the newest `compare.runs`. Metric names are the tracking names
@@ -22,8 +23,9 @@ import yaml
 from omegaconf import DictConfig
 
 from sentinel.errors import ConfigError, SentinelError
+from sentinel.redaction import redact
 from sentinel.runs import read_json, save_figure_atomic, write_text_atomic
-from sentinel.tracking import LOCAL_ARTIFACTS, experiment_name, flatten, prep_metrics, tracking_uri
+from sentinel.tracking import LOCAL_ARTIFACTS, flatten, prep_metrics, tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -46,17 +48,25 @@ class CompareResult:
 
 
 def compare(cfg: DictConfig, run_dir: Path, launch_dir: Path) -> CompareResult:
-    runs = runs_from_store(cfg, launch_dir) if cfg.tracking.backend == "mlflow" else runs_from_folders(cfg, launch_dir)
+    if cfg.tracking.backend == "mlflow":
+        runs, where = runs_from_store(cfg, launch_dir)
+    else:
+        runs, where = runs_from_folders(cfg, launch_dir)
     runs = runs[: cfg.compare.runs]
     if not runs:
         raise SentinelError(
-            "compare: no finished run matches (experiment, sweep); run some first, or widen compare.sweep/experiment"
+            f"compare: no finished run in {where}. Fix: run a stage first (e.g. make demo), or widen compare.sweep"
         )
     metric = cfg.compare.metric
     if not any(metric in r.metrics for r in runs):
         known = sorted({k for r in runs for k in r.metrics})
         close = difflib.get_close_matches(metric, known, n=1)
-        hint = f"did you mean {close[0]}?" if close else "use one of " + ", ".join(k for k in known if k.count("/") < 2)
+        if close:
+            hint = f"did you mean {close[0]}?"
+        elif known:
+            hint = "use one of " + ", ".join(k for k in known if k.count("/") < 2)
+        else:
+            hint = f"the {len(runs)} newest finished run(s) in {where} recorded no metric; run prep or evaluate first"
         raise ConfigError("compare.metric", f"no selected run has {metric!r}", hint)
     differing = differing_keys(runs)
     write_text_atomic(run_dir / "compare.md", compare_markdown(runs, differing, metric))
@@ -69,32 +79,54 @@ def compare(cfg: DictConfig, run_dir: Path, launch_dir: Path) -> CompareResult:
 # --- where runs come from -------------------------------------------------------------------------------
 
 
-def runs_from_store(cfg: DictConfig, launch_dir: Path) -> list[ComparedRun]:
-    """Finished top-level runs of the experiment (no trial runs, no compare runs), newest first."""
+def runs_from_store(cfg: DictConfig, launch_dir: Path) -> tuple[list[ComparedRun], str]:
+    """Finished top-level runs (no trial runs, no compare runs), newest first, and where they were looked for.
+
+    `compare.experiment` names one MLflow experiment; empty reads every experiment in the store, since each
+    `experiment=` preset records to an experiment of its own name (tracking.experiment_name): a plain
+    `mode=compare` after `make demo` must find the demo's runs.
+    """
     from mlflow.tracking import MlflowClient
 
     uri = tracking_uri(cfg.tracking.uri, launch_dir)
     client = MlflowClient(tracking_uri=uri)
-    name = cfg.compare.experiment.strip() or experiment_name(cfg)
-    experiment = client.get_experiment_by_name(name)
-    if experiment is None:
-        raise ConfigError("compare.experiment", f"no experiment {name!r} in {uri}", "run something first or fix it")
+    name = cfg.compare.experiment.strip()
+    experiments = client.search_experiments()
+    if name:
+        experiments = [e for e in experiments if e.name == name]
+        if not experiments:
+            names = ", ".join(e.name for e in client.search_experiments()) or "none"
+            raise ConfigError("compare.experiment", f"no experiment {name!r} in {redact(uri)}", f"use one of: {names}")
+    where = f"{redact(uri)}, experiment {name!r}" if name else f"{redact(uri)}, every experiment"
     query = "attributes.status = 'FINISHED' and tags.`sentinel.mode` != 'compare'"
     if cfg.compare.sweep.strip():
-        query += f" and tags.`sentinel.sweep_dir` = '{Path(cfg.compare.sweep).expanduser().resolve()}'"
+        sweep = Path(cfg.compare.sweep).expanduser().resolve()
+        query += f" and tags.`sentinel.sweep_dir` = '{sweep}'"
+        where += f", sweep {sweep}"
+    if not experiments:
+        return [], where
+    names = {e.experiment_id: e.name for e in experiments}
     found = client.search_runs(
-        [experiment.experiment_id], filter_string=query, order_by=["attributes.start_time DESC"], max_results=500
+        list(names), filter_string=query, order_by=["attributes.start_time DESC"], max_results=500
     )
-    return [
-        ComparedRun(run.info.run_name or run.info.run_id, run.info.start_time / 1000, run.data.params, run.data.metrics)
+    prefix = (lambda run: "") if name else (lambda run: f"{names[run.info.experiment_id]}: ")
+    runs = [
+        ComparedRun(
+            prefix(run) + (run.info.run_name or run.info.run_id),
+            run.info.start_time / 1000,
+            run.data.params,
+            run.data.metrics,
+        )
         for run in found
     ]
+    return runs, where
 
 
-def runs_from_folders(cfg: DictConfig, launch_dir: Path) -> list[ComparedRun]:
+def runs_from_folders(cfg: DictConfig, launch_dir: Path) -> tuple[list[ComparedRun], str]:
     """Run folders (those with config_resolved.yaml) under outputs/ and multirun/, or the sweep folder."""
     sweep = cfg.compare.sweep.strip()
     roots = [Path(sweep).expanduser().resolve()] if sweep else [launch_dir / root for root in RUN_ROOTS]
+    where = " and ".join(str(root) for root in roots)
     runs = []
     store_copies = (launch_dir / LOCAL_ARTIFACTS).resolve()  # run folders logged as artefacts: not runs
     for config_file in (f for root in roots if root.is_dir() for f in root.rglob("config_resolved.yaml")):
@@ -106,7 +138,7 @@ def runs_from_folders(cfg: DictConfig, launch_dir: Path) -> list[ComparedRun]:
             continue
         name = str(folder.relative_to(launch_dir)) if folder.is_relative_to(launch_dir) else str(folder)
         runs.append(ComparedRun(name, config_file.stat().st_mtime, flatten(config), folder_metrics(folder)))
-    return sorted(runs, key=lambda r: r.started, reverse=True)
+    return sorted(runs, key=lambda r: r.started, reverse=True), where
 
 
 def folder_metrics(folder: Path) -> dict[str, float]:

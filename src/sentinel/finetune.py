@@ -1,7 +1,9 @@
 """mode=finetune: train on the merged dataset with model/augmentation values and the chosen tuned ones.
 
-The values actually used are written to finetune_args.yaml in the run folder (and Ultralytics saves its
-own args.yaml), so the run is reproducible on its own. Ultralytics writes into <run>/finetune/; the final
+The values asked for are written to finetune_args.yaml in the run folder (and Ultralytics saves its own
+args.yaml), so the run is reproducible on its own; what Ultralytics really applies (read back from its
+optimizer, schedule, loss and dataset at the first batch: sentinel.applied) to applied_args.yaml, and a
+difference fails the fine-tune there. Ultralytics writes into <run>/finetune/; the final
 weights are copied to <run>/<model.output_name>. `finetune.resume=true` continues the newest unfinished
 fine-tune with the same inputs from its last.pt, in its own folder.
 """
@@ -16,7 +18,8 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig
 
-from sentinel.errors import SentinelError
+from sentinel.applied import APPLIED_FILE, AppliedCheck, read_applied_file
+from sentinel.errors import ConfigError, SentinelError
 from sentinel.fingerprint import stable_hash
 from sentinel.model_card import copy_model_card, read_training, write_model_card
 from sentinel.prep import data_dir_of, prepare_dataset
@@ -41,6 +44,7 @@ from sentinel.ultra import (
     sentinel_trainer,
     ultralytics_device,
 )
+from sentinel.validate import REPLACED_BY_AUTO
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +95,19 @@ def training_args(cfg: DictConfig, hparams: dict[str, Any]) -> dict[str, Any]:
     return {**fixed_training_args(cfg), **hparams}
 
 
+def check_auto_optimizer(args: dict[str, Any], source: str) -> None:
+    """optimizer=auto would replace the tuned lr0, momentum and warmup_bias_lr with its own (sentinel.applied)."""
+    if str(args.get("optimizer", "")).lower() != "auto":
+        return
+    replaced = [key for key in REPLACED_BY_AUTO if key in args]
+    if replaced:
+        raise ConfigError(
+            "training.optimizer",
+            f"auto ignores the tuned {', '.join(replaced)} from {source or 'the fine-tune values'}",
+            "use the optimizer the tune run searched with (training.optimizer=SGD by default)",
+        )
+
+
 def finetune_key(cfg: DictConfig, dataset: str, args: dict[str, Any]) -> str:
     return stable_hash(
         {
@@ -112,6 +129,7 @@ def finetune(
     merged = prepare_dataset(cfg)
     hparams, source = choose_hparams(cfg, merged.fingerprint, hparams_run)
     args = training_args(cfg, hparams)
+    check_auto_optimizer(args, source)
     key = finetune_key(cfg, merged.fingerprint, args)
     target = run_dir / cfg.model.output_name
     data_dir = data_dir_of(cfg)
@@ -146,6 +164,8 @@ def finetune(
     if resume_from is not None:
         link_resumed_run("finetune", resume_from)
     best = train(cfg, merged.dataset_yaml, args, run_dir, resume_from)
+    applied = read_applied_file(run_dir / APPLIED_FILE)
+    active().log_params({f"applied.{key}": value for key, value in applied.items()})
     copy_file_atomic(best, target)
     write_model_card(cfg, target.parent, target, read_training(run_dir / ARGS_FILE))
     write_state(run_dir, "finetune", key, "done", data_dir)
@@ -174,6 +194,7 @@ def train(cfg: DictConfig, data_yaml: Path, args: dict[str, Any], run_dir: Path,
         model.train(resume=True, trainer=sentinel_trainer())
     else:
         model = with_sentinel_callbacks(load_yolo(cfg.model.weights))
+        AppliedCheck(args, run_dir / APPLIED_FILE).attach(model)  # fails on the first batch if a value is not used
         model.train(
             trainer=sentinel_trainer(),
             data=str(data_yaml),

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig
 
+from sentinel.applied import APPLIED_FILE, read_applied_file
 from sentinel.prep import prepare_dataset, source_lineage
 from sentinel.runs import copy_file_atomic, write_json_atomic, write_text_atomic
 
@@ -75,7 +76,7 @@ def build_card(cfg: DictConfig, weights: Path, training: dict[str, Any], metrics
             "device": training.get("device"),
             "hardware": {k: cfg.hardware[k] for k in ("device", "cpu_per_trial", "gpu_per_trial", "ray_address")},
             "values_from_tune_run": tune_run,
-            "args": training.get("args", {}),
+            "args": training.get("applied") or training.get("args", {}),  # applied, as read back from Ultralytics
         },
         "scores": _scores(metrics),
         "known_limits": known_limits(report, boxes),
@@ -131,7 +132,8 @@ def _training_section(training: dict[str, Any]) -> list[str]:
         f"{training['seed']}, device {training['device']}; tuned values from `{tune_run}`."
     )
     args = yaml.safe_dump(training["args"], sort_keys=False).rstrip()
-    return ["## How it was trained", "", summary, "", "```yaml", args, "```"]
+    applied = "The values Ultralytics applied, read back from its optimizer, schedule, loss and dataset:"
+    return ["## How it was trained", "", summary, "", applied, "", "```yaml", args, "```"]
 
 
 def _scores_section(scores: dict[str, Any] | None) -> list[str]:
@@ -167,4 +169,9 @@ def copy_model_card(from_folder: Path, to_folder: Path) -> None:
 
 
 def read_training(path: Path) -> dict[str, Any]:
-    return yaml.safe_load(path.read_text()) if path.is_file() else {}
+    """finetune_args.yaml, with what Ultralytics applied (applied_args.yaml beside it) under `applied`."""
+    training = yaml.safe_load(path.read_text()) if path.is_file() else {}
+    applied = read_applied_file(path.parent / APPLIED_FILE)
+    if applied:
+        training["applied"] = applied
+    return training

@@ -215,6 +215,7 @@ class TrainingConfig:
     """Training settings that are neither augmentation nor the model's size (tune and fine-tune share them)."""
 
     class_weights: float = 0.0  # Ultralytics' cls_pw: class-loss weight (1 / training boxes) ** p, 0 = off
+    optimizer: str = "SGD"  # Ultralytics' names; `auto` ignores lr0 and momentum (see conf/config.yaml)
 
 
 # --- stage settings (the issues for tune/finetune/export/evaluate fill these in) ------------------------

@@ -31,6 +31,7 @@ import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from enum import Enum
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,8 @@ def flatten(data: Any, prefix: str = "") -> dict[str, str]:
         for key, value in data.items():
             flat.update(flatten(value, f"{prefix}{key}."))
         return flat
+    if isinstance(data, Enum):  # a schema's enum member: its value (`all`), as config_resolved.yaml writes it
+        data = data.value
     text = json.dumps(data) if isinstance(data, (list, dict)) else str(data)
     return {prefix.rstrip("."): redact(text)[:MAX_PARAM_CHARS]}
 
@@ -258,7 +261,7 @@ def start_tracking(cfg: DictConfig, run_dir: Path, launch_dir: Path) -> Tracker:
         run_dir=str(run_dir),
         run_name=run_name(cfg, run_dir),
         tags=run_tags(cfg, run_dir, launch_dir),
-        params=flatten(OmegaConf.to_container(cfg, resolve=True)),
+        params=flatten(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)),  # `all`, not `Mode.all`
         pid=os.getpid(),
         log_file=_log_file(),
     )

@@ -19,6 +19,7 @@ driver's count, not its node's; it takes no cluster address, shuts Ray down and 
 
 from __future__ import annotations
 
+import copy
 import difflib
 import json
 import logging
@@ -28,8 +29,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
+from sentinel.applied import APPLIED_FILE, AppliedCheck, dry_build
 from sentinel.errors import ConfigError, Interrupted, SentinelError
 from sentinel.fingerprint import stable_hash
 from sentinel.raycluster import (
@@ -40,6 +42,7 @@ from sentinel.raycluster import (
     sync_dataset_to_nodes,
 )
 from sentinel.runs import claim_run_folder, newest_unfinished, read_json, read_state, write_json_atomic, write_state
+from sentinel.schema import AugmentationConfig
 from sentinel.tracking import link_resumed_run
 from sentinel.ultra import check_weights_available, fixed_training_args, sentinel_trainer
 from sentinel.ultralytics_facts import UltralyticsFacts, ultralytics_facts
@@ -203,6 +206,8 @@ def train_trial(config: dict[str, Any], setup: dict[str, Any]) -> None:
     reporter = EpochReporter(setup["epochs"])
     model = YOLO(setup["weights"])
     model.add_callback("on_fit_epoch_end", reporter.on_fit_epoch_end)
+    asked = {**setup["fixed"], **config}
+    AppliedCheck(asked, Path(trial_dir, APPLIED_FILE)).attach(model)  # the sample must be what it trains with
     model.train(
         trainer=sentinel_trainer(resumable=False),  # a failed trial starts over (FailureConfig)
         data=setup["data"],
@@ -214,8 +219,29 @@ def train_trial(config: dict[str, Any], setup: dict[str, Any]) -> None:
         exist_ok=True,
         plots=False,
         verbose=False,
-        **{**setup["fixed"], **config},
+        **asked,
     )
+
+
+def trial_close_mosaic(close_mosaic: int, finetune_epochs: int, trial_epochs: int) -> int:
+    """The fine-tune's share of epochs without mosaic, in a trial's epochs; mosaic always acts in the first.
+
+    Ultralytics counts close_mosaic in epochs and closes from the first when it is >= epochs, so the fine-tune's
+    10 of 100 would switch mosaic and mixup off for the whole of a 10-epoch (or 3-epoch) trial, and a search
+    over them would search nothing. Scaling keeps what the trial ranks close to the fine-tune it stands for:
+    augmented epochs first, then a clean finish, in the same proportion (demo: 10 of 40 → 1 of 3).
+    """
+    if close_mosaic <= 0 or trial_epochs <= 1:
+        return 0
+    share = min(close_mosaic / max(finetune_epochs, 1), 1.0)
+    return min(round(share * trial_epochs), trial_epochs - 1)
+
+
+def trial_fixed_args(cfg: DictConfig) -> dict[str, Any]:
+    """The fixed training arguments of a trial: the fine-tune's, with close_mosaic scaled to the trial."""
+    args = fixed_training_args(cfg)
+    args["close_mosaic"] = trial_close_mosaic(int(args["close_mosaic"]), cfg.model.epochs, cfg.tune.epochs)
+    return args
 
 
 def trial_setup(cfg: DictConfig, data_yaml: Path) -> dict[str, Any]:
@@ -227,8 +253,85 @@ def trial_setup(cfg: DictConfig, data_yaml: Path) -> dict[str, Any]:
         "device": "0" if cfg.hardware.gpu_per_trial > 0 else "cpu",  # Ray sets CUDA_VISIBLE_DEVICES per trial
         "workers": cfg.hardware.workers,
         "cpu_per_trial": cfg.hardware.cpu_per_trial,
-        "fixed": fixed_training_args(cfg),
+        "fixed": trial_fixed_args(cfg),
     }
+
+
+# --- the dry build: every searched value must act ------------------------------------------------------
+
+DRY_BUILD_DIR = "tune/dry_build"  # in the run folder: what a trial at each probe of the space would apply
+
+
+def space_probes(space: DictConfig) -> dict[str, dict[str, Any]]:
+    """Two points of the space: every dimension at a quarter and at three quarters of its range (in its own
+    scale; a choice's first and last value).
+
+    Not the ends: at a range's low end a zero switches related keys off (warmup_epochs=0 leaves
+    warmup_momentum nothing to act on), which a search samples almost never, and would refuse a sound space.
+    """
+    lower: dict[str, Any] = {}
+    upper: dict[str, Any] = {}
+    for name, spec in param_specs(space).items():
+        if spec.dist == "choice":
+            lower[name], upper[name] = spec.values[0], spec.values[-1]
+        elif spec.dist == "randint":  # Ray's randint excludes high
+            span = int(spec.high) - 1 - int(spec.low)
+            lower[name], upper[name] = int(spec.low) + round(span / 4), int(spec.low) + round(3 * span / 4)
+        elif spec.dist == "loguniform":
+            ratio = spec.high / spec.low
+            lower[name], upper[name] = spec.low * ratio**0.25, spec.low * ratio**0.75
+        else:
+            span = spec.high - spec.low
+            lower[name], upper[name] = spec.low + span / 4, spec.low + 3 * span / 4
+    return {"lower": lower, "upper": upper}
+
+
+def config_key(name: str, searched: dict[str, Any]) -> str:
+    """The config key a training argument came from, for an error a user can act on."""
+    if name in searched:
+        return f"search_space.{name}"
+    if name in AugmentationConfig.__dataclass_fields__:
+        return f"augmentation.{name}"
+    return {"cls_pw": "training.class_weights", "optimizer": "training.optimizer"}.get(name, f"model.{name}")
+
+
+def check_search_applies(cfg: DictConfig, data_yaml: Path, run_dir: Path) -> dict[str, str]:
+    """Build a trial at two points of the space and train one batch: every value must be what Ultralytics applies.
+
+    A key that cannot act on this dataset at all (copy-paste without segment masks, class weights with equal
+    class counts) is returned with its reason, to be dropped from the search with a warning; any other
+    difference fails the search before it starts, naming the key, the asked and the applied value.
+    """
+    fixed = trial_fixed_args(cfg)
+    dropped: dict[str, str] = {}
+    for end, values in space_probes(cfg.search_space).items():
+        folder = run_dir / DRY_BUILD_DIR / end
+        check = dry_build(cfg.model.weights, data_yaml, {**fixed, **values}, cfg.tune.epochs, folder)
+        for difference in check.found:
+            if difference.key in values and difference.dataset_bound:
+                dropped[difference.key] = difference.reason
+                continue
+            raise ConfigError(
+                config_key(difference.key, values),
+                f"a trial in the {end} part of the space would not train with it: {difference.describe()}",
+                f"change it to a value Ultralytics applies (see {folder / APPLIED_FILE})",
+            )
+    for name, reason in dropped.items():
+        log.warning("tune: search_space.%s dropped from this search: it has no effect here (%s)", name, reason)
+    return dropped
+
+
+def without_keys(cfg: DictConfig, dropped: dict[str, str]) -> DictConfig:
+    """The config with the dropped dimensions taken out of its search space."""
+    if not dropped:
+        return cfg
+    narrowed = copy.deepcopy(cfg)
+    with open_dict(narrowed):
+        for name in dropped:
+            del narrowed.search_space[name]
+    if len(narrowed.search_space) == 0:
+        raise ConfigError("search_space", "no dimension can act on this dataset", "search other keys")
+    return narrowed
 
 
 # --- the search -----------------------------------------------------------------------------------------
@@ -237,9 +340,10 @@ def trial_setup(cfg: DictConfig, data_yaml: Path) -> dict[str, Any]:
 def tune_fingerprint(cfg: DictConfig, dataset_fingerprint: str) -> str:
     """Same dataset and same trials → same search (what mode=all reuses and `tune.resume` may continue).
 
-    Only what the trials use: the search, the fixed training arguments (augmentation, imgsz, batch,
-    patience, seed), the starting weights and the tune settings. Fine-tune-only keys (model.epochs,
-    model.output_name) and resources (they change speed, not results) are left out.
+    Only what the trials use: the search, the fixed training arguments (augmentation with the trial's
+    close_mosaic, which model.epochs scales, imgsz, batch, patience, seed, optimizer), the starting weights
+    and the tune settings. Fine-tune-only keys (model.output_name) and resources (they change speed, not
+    results) are left out.
     """
     tune_settings = OmegaConf.to_container(cfg.tune, resolve=True)
     tune_settings.pop("resume", None)
@@ -247,7 +351,7 @@ def tune_fingerprint(cfg: DictConfig, dataset_fingerprint: str) -> str:
         {
             "dataset": dataset_fingerprint,
             "search_space": OmegaConf.to_container(cfg.search_space, resolve=True),
-            "fixed": fixed_training_args(cfg),
+            "fixed": trial_fixed_args(cfg),
             "weights": cfg.model.weights,
             "tune": tune_settings,
         }
@@ -383,6 +487,7 @@ def tune(cfg: DictConfig, run_dir: Path, skip_if_done: bool = False) -> TuneResu
         return TuneResult(run_dir, best, float(done["best_metric"]), 0, None, skipped=True)
     data_dir = data_dir_of(cfg)
     claim_run_folder(run_dir, "tune", fingerprint)
+    cfg = without_keys(cfg, check_search_applies(cfg, merged.dataset_yaml, run_dir))  # before Ray: seconds
     resume_from = find_resumable(cfg, fingerprint, run_dir, data_dir)
     started_ray = connect_ray(cfg.hardware)
     storage = experiment_storage(cfg, run_dir, resume_from)

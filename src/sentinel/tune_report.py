@@ -1,5 +1,7 @@
 """What a tune run leaves in its run folder: tune/results.csv (one row per trial), best_hparams.yaml (only
-training arguments, ready for fine-tuning), tune_report.md, two plots, and the best trial's weights."""
+training arguments, ready for fine-tuning), tune_report.md, two plots, and the best trial's weights.
+
+Every trial's values are the ones Ultralytics applied (its applied_args.yaml), not only the ones Ray sampled."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig
 
+from sentinel.applied import APPLIED_FILE, read_applied_file
 from sentinel.errors import SentinelError
 from sentinel.redaction import redact
 from sentinel.runs import save_figure_atomic, write_text_atomic
@@ -38,14 +41,18 @@ def trial_rows(grid: Any, cfg: DictConfig, trials_in: Path | None = None) -> lis
         else:
             ended = "completed"
         best = (max(values) if cfg.tune.mode == "max" else min(values)) if values else math.nan
-        row = {"trial": Path(result.path).name, **{p: result.config.get(p) for p in params}}
+        path = str(trials_in / Path(result.path).name) if trials_in else result.path
+        # What the trial trained with, read back from Ultralytics at its first batch (sentinel.applied); the
+        # sample itself only for a trial that failed before it.
+        applied = read_applied_file(Path(path) / APPLIED_FILE)
+        row = {"trial": Path(result.path).name, **{p: applied.get(p, result.config.get(p)) for p in params}}
         row.update(
             {
                 "final_metric": values[-1] if values else math.nan,
                 "best_metric": best,
                 "epochs": epochs,
                 "ended": ended,
-                "path": str(trials_in / Path(result.path).name) if trials_in else result.path,
+                "path": path,
             }
         )
         row["_values"] = values

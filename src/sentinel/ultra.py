@@ -92,6 +92,7 @@ def fixed_training_args(cfg: DictConfig) -> dict[str, Any]:
     """The training arguments every training shares: augmentation and model values (tuning overrides them)."""
     args = OmegaConf.to_container(cfg.augmentation, resolve=True)
     args.update(imgsz=cfg.model.imgsz, batch=cfg.model.batch, patience=cfg.model.patience, seed=cfg.seed)
+    args["optimizer"] = cfg.training.optimizer  # never Ultralytics' default, auto (sentinel.applied)
     if cfg.training.class_weights:  # only when set, so that earlier runs' keys (and reuse) stay as they were
         args["cls_pw"] = cfg.training.class_weights
     return args

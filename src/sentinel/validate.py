@@ -15,13 +15,15 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from sentinel.applied import OPTIMIZERS
 from sentinel.errors import ConfigError
-from sentinel.schema import SOURCE_SCHEMAS, ParamSpace
+from sentinel.schema import SOURCE_SCHEMAS, Mode, ParamSpace
 
 DISTRIBUTIONS = ("uniform", "loguniform", "randint", "choice")
 SEARCH_ALGS = ("random", "optuna", "hyperopt")
 LINK_MODES = ("hardlink", "symlink", "copy")
 DEMO_LAYOUTS = ("roboflow", "fiftyone")
+REPLACED_BY_AUTO = ("lr0", "momentum", "warmup_bias_lr")  # what Ultralytics' optimizer=auto overrides
 
 
 def validate(cfg: DictConfig) -> None:
@@ -39,6 +41,8 @@ def validate(cfg: DictConfig) -> None:
     _check_inspect(cfg.inspect)
     _check_tune(cfg.tune)
     _check_stages(cfg)
+    _check_optimizer(cfg.training.optimizer, cfg.search_space)
+    _check_close_mosaic(cfg)
     _check_data_dir(cfg.data_dir)
 
 
@@ -214,6 +218,51 @@ def _check_stages(cfg: DictConfig) -> None:
         )
     if cfg.compare.runs < 1:
         raise ConfigError("compare.runs", f"must be at least 1, got {cfg.compare.runs}", "e.g. compare.runs=10")
+
+
+def _check_optimizer(optimizer: str, space: DictConfig) -> None:
+    """A known optimizer, and never `auto` next to a searched value that auto replaces (applied.py's docstring)."""
+    known = {name.lower(): name for name in OPTIMIZERS}
+    if optimizer.lower() not in known:
+        raise ConfigError(
+            "training.optimizer", f"unknown optimizer {optimizer!r}", f"use one of {', '.join(OPTIMIZERS)}"
+        )
+    specs = param_specs(space)
+    searched = specs.get("optimizer")
+    if searched is not None:
+        if searched.dist != "choice":
+            raise ConfigError("search_space.optimizer.dist", "an optimizer is a name", "use dist: choice with values")
+        for value in searched.values:
+            if str(value).lower() not in known:
+                raise ConfigError(
+                    "search_space.optimizer.values", f"unknown optimizer {value!r}", f"use {', '.join(OPTIMIZERS)}"
+                )
+    auto_key = "search_space.optimizer" if searched is not None else "training.optimizer"
+    chosen = [str(v) for v in searched.values] if searched is not None else [optimizer]
+    if any(name.lower() == "auto" for name in chosen):
+        for key in REPLACED_BY_AUTO:
+            if key in specs:
+                raise ConfigError(
+                    auto_key,
+                    f"auto picks its own optimizer and rate and ignores search_space.{key}, so that search would "
+                    "search nothing",
+                    f"choose an optimizer (e.g. {auto_key}=SGD or AdamW), or remove search_space.{key}",
+                )
+
+
+def _check_close_mosaic(cfg: DictConfig) -> None:
+    """A fine-tune whose close_mosaic switches mosaic off before its first epoch never applies it."""
+    if cfg.mode not in (Mode.finetune, Mode.all):
+        return
+    aug, epochs = cfg.augmentation, cfg.model.epochs
+    on = [f"{key}={aug[key]}" for key in ("mosaic", "mixup", "cutmix") if aug[key] > 0]
+    if on and aug.close_mosaic >= epochs:
+        raise ConfigError(
+            "augmentation.close_mosaic",
+            f"{aug.close_mosaic} switches mosaic, mixup and cutmix off from the first of model.epochs={epochs} "
+            f"epochs, so {', '.join(on)} would never act",
+            f"set augmentation.close_mosaic below {epochs} (0 keeps them to the last epoch), or raise model.epochs",
+        )
 
 
 def _check_data_dir(value: str) -> None:

@@ -89,6 +89,7 @@ def test_a_checkpoint_write_that_dies_leaves_the_previous_checkpoint_whole(tmp_p
 
     user_source(tmp_path)
     args = ["mode=finetune", "model=yolov8n_scratch", "model.imgsz=32", "model.epochs=3", "model.patience=3"]
+    args.append("augmentation.close_mosaic=1")
     result, _ = run(tmp_path, *args, env={"SENTINEL_KILL_AFTER": "checkpoint.before_rename:2"})
     assert result.returncode == -9  # killed after writing epoch 2's checkpoint, before renaming it into place
     weights = tmp_path / "run" / "finetune" / "weights"
