@@ -1,6 +1,7 @@
 """Same tuning budget through Ultralytics' `model.tune(use_ray=True)` and through Sentinel's mode=tune.
 
-Both get the demo data (prepared once), an untrained YOLOv8n at 64 px, the demo search space, the same
+Both get the demo data (prepared once), an untrained YOLOv8n at 64 px, one search space (lr0 in 1e-3..1e-1,
+fliplr, mosaic) and one optimizer (SGD: Sentinel's default; Ultralytics' auto would ignore lr0), the same
 number of trials and epochs, ASHA with the same grace period, and the same concurrency: Ultralytics asks
 min(8, max(1, cpus - 1)) CPUs per trial, 1 on this 2-core machine, so both run two 1-CPU trials at once.
 Neither side tracks: Ultralytics' MLflow callback is off (its own settings file here), Sentinel runs tracking=none.
@@ -33,7 +34,7 @@ data, trials, epochs, project = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]),
 space = {"lr0": tune.loguniform(1e-3, 1e-1), "fliplr": tune.uniform(0.0, 1.0), "mosaic": tune.choice([0.0, 1.0])}
 grid = YOLO("yolov8n.yaml").tune(data=data, use_ray=True, space=space, iterations=trials, epochs=epochs,
                                  grace_period=1, imgsz=64, batch=16, workers=0, device="cpu", plots=False,
-                                 project=project, name="tune", seed=0)
+                                 project=project, name="tune", seed=0, optimizer="SGD")
 best = max((r.metrics_dataframe["metrics/mAP50-95(B)"].max() for r in grid if r.metrics_dataframe is not None
             and "metrics/mAP50-95(B)" in r.metrics_dataframe), default=float("nan"))
 print("BEST=" + json.dumps(float(best)))
@@ -95,6 +96,7 @@ def main() -> None:
                 f"tune.epochs={args.epochs}",
                 "tune.grace_period=1",
                 f"tune.metric='{METRIC}'",
+                *("search_space.lr0.low=1e-3", "search_space.lr0.high=1e-1"),  # the Ultralytics side's space
                 "tune.mode=max",
                 "hardware.cpu_per_trial=1",
                 "hardware.max_concurrent_trials=2",

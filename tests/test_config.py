@@ -40,7 +40,7 @@ def test_several_datasets_compose_with_their_own_schema(compose_cfg):
 def test_notebook_preset_has_the_notebooks_settings(compose_cfg):
     cfg = compose_cfg("experiment=notebook")
     assert set(cfg.datasets) == {"coco", "guns", "knife", "parcel"}
-    assert len(cfg.search_space) == 22
+    assert len(cfg.search_space) == 21 and "copy_paste" not in cfg.search_space  # it cannot act on boxes
     assert (cfg.model.epochs, cfg.model.patience, cfg.tune.epochs, cfg.tune.grace_period) == (500, 25, 25, 10)
     assert cfg.hardware.gpu_per_trial == 1 and cfg.model.output_name == "sentinel_default_v2.pt"
 
