@@ -104,18 +104,16 @@ def test_a_value_ultralytics_does_not_apply_is_a_difference_naming_the_key(datas
     assert key in found and because in found[key].describe(), [d.describe() for d in check.found]
 
 
+def demo_search_with(tmp_path: Path, extra: str):
+    """The demo's search space and one more dimension, for 3-epoch trials at small sizes."""
+    small = ("model=yolov8n_scratch", "model.imgsz=32", "model.batch=4", "tune.epochs=3", "search_space=demo")
+    return composed(tmp_path, *small, extra)
+
+
 def test_a_search_drops_a_key_that_cannot_act_on_box_data_with_a_warning(dataset, tmp_path, caplog):
     from sentinel.tune import check_search_applies, without_keys
 
-    cfg = composed(
-        tmp_path,
-        "model=yolov8n_scratch",
-        "model.imgsz=32",
-        "model.batch=4",
-        "tune.epochs=3",
-        "search_space=demo",
-        "+search_space.copy_paste={dist: uniform, low: 0.0, high: 1.0}",
-    )
+    cfg = demo_search_with(tmp_path, "+search_space.copy_paste={dist: uniform, low: 0.0, high: 1.0}")
     with caplog.at_level(logging.WARNING, logger="sentinel.tune"):
         dropped = check_search_applies(cfg, dataset, tmp_path / "run")
     assert list(dropped) == ["copy_paste"]
@@ -126,15 +124,7 @@ def test_a_search_drops_a_key_that_cannot_act_on_box_data_with_a_warning(dataset
 def test_a_search_over_a_value_that_would_not_act_fails_before_it_starts(dataset, tmp_path):
     from sentinel.tune import check_search_applies
 
-    cfg = composed(
-        tmp_path,
-        "model=yolov8n_scratch",
-        "model.imgsz=32",
-        "model.batch=4",
-        "tune.epochs=3",
-        "search_space=demo",
-        "+search_space.warmup_epochs={dist: uniform, low: 0.0, high: 5.0}",
-    )
+    cfg = demo_search_with(tmp_path, "+search_space.warmup_epochs={dist: uniform, low: 0.0, high: 5.0}")
     with pytest.raises(ConfigError) as error:
         check_search_applies(cfg, dataset, tmp_path / "run")
     assert error.value.key == "search_space.warmup_epochs" and "asked 3.75, applied 2" in str(error.value)
