@@ -6,19 +6,26 @@ heavy is imported at module level, so `--cfg job` and `--help` stay fast (benchm
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
 
-from sentinel.cli import run_cli, user_wants_full_error
-from sentinel.errors import SentinelError
-from sentinel.redaction import install_redaction, redact
+from sentinel.cli import JobFailed, run_cli, user_wants_full_error
+from sentinel.errors import ConfigError, SentinelError
+from sentinel.redaction import install_redaction, password_in_config, redact, scrub_files, url_secret_fix
+from sentinel.runs import write_run_status
 from sentinel.schema import register_configs
+from sentinel.signals import EXIT_CODE as SIGTERM_EXIT
+from sentinel.signals import handle_sigterm_as_ctrl_c, terminated
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 log = logging.getLogger("sentinel")
@@ -29,23 +36,66 @@ register_configs()
 def main(cfg: DictConfig) -> None:
     install_redaction()
     run_dir = Path(HydraConfig.get().runtime.output_dir).resolve()
+    if HydraConfig.get().job.chdir:  # paths in the config are relative to the launch folder, whatever chdir says
+        os.chdir(HydraConfig.get().runtime.cwd)
+    scrub_files(hydra_written_files(run_dir))  # Hydra wrote them before this function: no secret stays there
     from sentinel.pipeline import run_mode
 
+    previous = handle_sigterm_as_ctrl_c()
     try:
+        refuse_password_in_config(cfg)
         run_mode(cfg, run_dir)
     except SentinelError as error:
-        fail(redact(str(error)), getattr(error, "exit_code", 1))
+        code = getattr(error, "exit_code", 1)
+        fail_job(redact(str(error)), SIGTERM_EXIT if code == 130 and terminated() else code, run_dir, cfg)
     except KeyboardInterrupt:
-        fail("interrupted (Ctrl-C); the stage that was running is recorded as unfinished and can resume", 130)
+        how, code = ("SIGTERM", SIGTERM_EXIT) if terminated() else ("Ctrl-C", 130)
+        fail(f"interrupted ({how}); the stage that was running is recorded as unfinished and can resume", code)
     except Exception as error:  # a bug or an environment problem we did not foresee: one line, details in the log
         log_to_file_only("unexpected error", exc_info=sys.exc_info())
         if user_wants_full_error():
             raise
-        fail(
+        fail_job(
             f"unexpected {type(error).__name__}: {redact(str(error)).splitlines()[0] if str(error) else ''} "
             f"(full traceback in {run_dir / 'train.log'})",
             1,
+            run_dir,
+            cfg,
         )
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def fail_job(message: str, exit_code: int, run_dir: Path, cfg: DictConfig) -> None:
+    """A run that failed: `fail`, but in a sweep the other jobs go on (Hydra runs a batch's jobs until one
+    raises SystemExit), and the sweep ends with the list of failed jobs (sentinel.cli.JobFailed)."""
+    if HydraConfig.get().mode != RunMode.MULTIRUN:
+        fail(message, exit_code)
+    job = HydraConfig.get().job.num
+    log_to_file_only(f"error: {message}")
+    print(f"error: job {job}: {message}", file=sys.stderr)
+    with contextlib.suppress(OSError):
+        write_run_status(run_dir, str(getattr(cfg.mode, "value", cfg.mode)), "FAILED", error=message)
+    raise JobFailed(str(HydraConfig.get().sweep.dir), exit_code)
+
+
+def hydra_written_files(run_dir: Path) -> list[Path]:
+    """The config files Hydra saved for this run (and for its sweep)."""
+    files = sorted(run_dir.glob(".hydra/*.yaml"))
+    if HydraConfig.get().mode == RunMode.MULTIRUN:
+        files.append(Path(HydraConfig.get().sweep.dir) / "multirun.yaml")
+    return files
+
+
+def refuse_password_in_config(cfg: DictConfig) -> None:
+    """A URL with a password in a config file is refused like one on the command line (sentinel.cli)."""
+    try:
+        values = OmegaConf.to_container(cfg, resolve=True)
+    except Exception:  # an interpolation that does not resolve: validation names it later
+        values = OmegaConf.to_container(cfg, resolve=False)
+    key = password_in_config(values)
+    if key:
+        raise ConfigError(key, "holds a password, which every record of the run would keep", url_secret_fix(key))
 
 
 def fail(message: str, exit_code: int) -> None:

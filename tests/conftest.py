@@ -121,9 +121,10 @@ TRACKING_STORE = ("outputs/mlflow.db", "outputs/.mlflow.db.lock", "outputs/mlart
 
 
 def outside_run_and_data(relative_path: str) -> bool:
-    """A path (relative to tmp_path) that mine_args' runs must leave alone: not the run folder, data_dir or
-    the tracking store."""
-    return relative_path.split("/")[0] not in ("run", "data") and not relative_path.startswith(TRACKING_STORE)
+    """A path (relative to tmp_path) that mine_args' runs must leave alone: not the run folder (or a second one,
+    run2), data_dir or the tracking store."""
+    top = relative_path.split("/")[0]
+    return top not in ("run", "run2", "data") and not relative_path.startswith(TRACKING_STORE)
 
 
 def mine_args(tmp_path: Path) -> list[str]:

@@ -358,6 +358,32 @@ def test_ctrl_c_leaves_an_unfinished_search_that_resume_latest_continues(tmp_pat
     assert json.loads((first / "tune_state.json").read_text())["status"] == "done"
 
 
+def test_sigterm_during_a_search_ends_it_as_ctrl_c_does_in_one_line(tmp_path):
+    args = tune_args(tmp_path, "run", "tune.num_samples=4", "hardware.max_concurrent_trials=1", "tune.grace_period=2")
+    with open(tmp_path / "stderr.txt", "w") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve().parents[1] / "train.py"), *args],
+            cwd=tmp_path,
+            env={**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1"},
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        try:
+            finished = wait_for_one_finished_and_one_running(process, tmp_path / "run" / "ray_tune")
+            os.kill(process.pid, signal.SIGTERM)  # train.py alone, as `kill` or a scheduler sends it
+            code = process.wait(timeout=300)
+        finally:
+            if process.poll() is None:
+                kill_process_tree(process)
+    errors = (tmp_path / "stderr.txt").read_text()
+    assert finished and code == 143, errors[-3000:]
+    assert "interrupted (SIGTERM)" in errors or "tune: interrupted" in errors
+    assert not any(word in errors for word in ("Traceback", "Fatal Python error", "SIGABRT", "Aborted")), errors
+    assert json.loads((tmp_path / "run" / "tune_state.json").read_text())["status"] == "interrupted"
+
+
 def test_resume_of_a_search_on_other_inputs_is_refused(tmp_path, finished_run):
     result = run_train(tune_args(tmp_path, "other", "tune.num_samples=5", f"tune.resume={finished_run}"), cwd=tmp_path)
     assert result.returncode == 1 and "searched other inputs" in result.stderr

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from sentinel.redaction import ROBOFLOW_KEY_ENV
+from sentinel.redaction import ROBOFLOW_KEY_ENV, has_password_in_url, url_secret_fix
 
 FULL_ERROR_ENV = "HYDRA_FULL_ERROR"
 SECRET_NAME = re.compile(r"(api_?key|token|secret|password)$", re.IGNORECASE)
@@ -39,10 +39,21 @@ def run_cli(main: Callable[[], None], conf_dir: Path, argv: list[str] | None = N
             file=sys.stderr,
         )
         sys.exit(1)
+    in_url = password_override(argv)
+    if in_url:
+        print(
+            f"error: '{in_url}' on the command line holds a password, which would be written in plain text into "
+            f"the run folder (.hydra/, config_resolved.yaml). Fix: {url_secret_fix(in_url)}",
+            file=sys.stderr,
+        )
+        sys.exit(1)
     os.environ["SENTINEL_USER_FULL_ERROR"] = "1" if user_wants_full_error() else "0"
     os.environ[FULL_ERROR_ENV] = "1"
     try:
         main()
+    except JobFailed as failed:  # the sweep ran every job: say which failed
+        print(failed_jobs_summary(Path(failed.sweep_dir)), file=sys.stderr)
+        sys.exit(failed.exit_code)
     except Exception as error:
         if user_wants_full_error():
             raise
@@ -51,12 +62,52 @@ def run_cli(main: Callable[[], None], conf_dir: Path, argv: list[str] | None = N
         sys.exit(1)
 
 
+class JobFailed(Exception):
+    """A sweep's job failed (its line is printed); the sweep goes on, and ends with the list of failed jobs."""
+
+    def __init__(self, sweep_dir: str, exit_code: int) -> None:
+        super().__init__(sweep_dir, exit_code)  # both in args: Ray's launcher pickles the exception back
+        self.sweep_dir, self.exit_code = sweep_dir, exit_code
+
+
+def failed_jobs_summary(sweep_dir: Path) -> str:
+    """`error: sweep: N of M jobs failed (folder)`, then one line per failed job: number, overrides, error."""
+    import json
+
+    import yaml
+
+    jobs = sorted((p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
+    failed = []
+    for job in jobs:
+        try:
+            status = json.loads((job / "run_status.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if status.get("status") != "FAILED":
+            continue
+        try:
+            overrides = " ".join(yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) or [])
+        except (OSError, yaml.YAMLError):
+            overrides = "?"
+        failed.append(f"  job {job.name} ({overrides}): {status.get('error', '')}")
+    return "\n".join([f"error: sweep: {len(failed)} of {len(jobs)} jobs failed ({sweep_dir})", *failed])
+
+
 def secret_override(argv: list[str]) -> str:
     """The key of the first override that sets a secret (`+datasets.guns.api_key=...`), else ''."""
     for arg in argv:
         key = arg.split("=", 1)[0].lstrip("+~") if "=" in arg else ""
         if key and SECRET_NAME.search(key.rsplit(".", 1)[-1]):
             return key
+    return ""
+
+
+def password_override(argv: list[str]) -> str:
+    """The key of the first override whose value is a URL with a password (`tracking.uri=http://u:pw@h`), else ''."""
+    for arg in argv:
+        key, _, value = arg.partition("=")
+        if value and has_password_in_url(value):
+            return key.lstrip("+~")
     return ""
 
 

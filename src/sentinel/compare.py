@@ -24,8 +24,15 @@ from omegaconf import DictConfig
 
 from sentinel.errors import ConfigError, SentinelError
 from sentinel.redaction import redact
-from sentinel.runs import read_json, save_figure_atomic, write_text_atomic
-from sentinel.tracking import LOCAL_ARTIFACTS, flatten, prep_metrics, tracking_uri
+from sentinel.runs import read_json, run_finished, save_figure_atomic, write_text_atomic
+from sentinel.tracking import (
+    LOCAL_ARTIFACTS,
+    check_local_store,
+    flatten,
+    local_store_lock,
+    prep_metrics,
+    tracking_uri,
+)
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +55,7 @@ class CompareResult:
 
 
 def compare(cfg: DictConfig, run_dir: Path, launch_dir: Path) -> CompareResult:
+    check_sweep(cfg.compare.sweep)
     if cfg.tracking.backend == "mlflow":
         runs, where = runs_from_store(cfg, launch_dir)
     else:
@@ -79,6 +87,22 @@ def compare(cfg: DictConfig, run_dir: Path, launch_dir: Path) -> CompareResult:
 # --- where runs come from -------------------------------------------------------------------------------
 
 
+def check_sweep(sweep: str) -> None:
+    """compare.sweep, when given, is a multirun folder that exists and a path MLflow's filter can quote."""
+    if not sweep.strip():
+        return
+    folder = Path(sweep).expanduser().resolve()
+    if not folder.is_dir():
+        raise ConfigError("compare.sweep", f"{folder} is not a folder", "give a sweep folder: multirun/<date>/<time>")
+    if "'" in str(folder) and '"' in str(folder):
+        raise ConfigError("compare.sweep", f"{folder} holds both kinds of quote", "rename the folder")
+
+
+def quoted(value: str) -> str:
+    """A string value for MLflow's search filter: single quotes, or double where the value has a single one."""
+    return f'"{value}"' if "'" in value else f"'{value}'"
+
+
 def runs_from_store(cfg: DictConfig, launch_dir: Path) -> tuple[list[ComparedRun], str]:
     """Finished top-level runs (no trial runs, no compare runs), newest first, and where they were looked for.
 
@@ -89,9 +113,13 @@ def runs_from_store(cfg: DictConfig, launch_dir: Path) -> tuple[list[ComparedRun
     from mlflow.tracking import MlflowClient
 
     uri = tracking_uri(cfg.tracking.uri, launch_dir)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        return [], f"{uri} (no store yet)"  # opening it would create it, racing this run's own tracking
+    check_local_store(uri)
     client = MlflowClient(tracking_uri=uri)
     name = cfg.compare.experiment.strip()
-    experiments = client.search_experiments()
+    with local_store_lock(uri, cfg.tracking.timeout_s):  # this run's tracking service may be creating its tables
+        experiments = client.search_experiments()
     if name:
         experiments = [e for e in experiments if e.name == name]
         if not experiments:
@@ -101,7 +129,7 @@ def runs_from_store(cfg: DictConfig, launch_dir: Path) -> tuple[list[ComparedRun
     query = "attributes.status = 'FINISHED' and tags.`sentinel.mode` != 'compare'"
     if cfg.compare.sweep.strip():
         sweep = Path(cfg.compare.sweep).expanduser().resolve()
-        query += f" and tags.`sentinel.sweep_dir` = '{sweep}'"
+        query += f" and tags.`sentinel.sweep_dir` = {quoted(str(sweep))}"
         where += f", sweep {sweep}"
     if not experiments:
         return [], where
@@ -134,7 +162,7 @@ def runs_from_folders(cfg: DictConfig, launch_dir: Path) -> tuple[list[ComparedR
         if folder.resolve().is_relative_to(store_copies):
             continue
         config = yaml.safe_load(config_file.read_text()) or {}
-        if config.get("mode") == "compare" or not (folder / "train.log").is_file():
+        if config.get("mode") == "compare" or not (folder / "train.log").is_file() or not run_finished(folder):
             continue
         name = str(folder.relative_to(launch_dir)) if folder.is_relative_to(launch_dir) else str(folder)
         runs.append(ComparedRun(name, config_file.stat().st_mtime, flatten(config), folder_metrics(folder)))

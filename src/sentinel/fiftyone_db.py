@@ -11,6 +11,7 @@ import os
 from typing import Any
 
 from sentinel.errors import SentinelError
+from sentinel.redaction import redact
 
 PING_TIMEOUT_MS = 3000
 
@@ -28,7 +29,7 @@ def check_mongodb(uri: str, key: str = "datasets.<name>.database_uri") -> None:
             client.close()
     except PyMongoError as error:
         raise SentinelError(
-            f"MongoDB at {uri} is not reachable ({type(error).__name__}). Fix: start it (e.g. `mongod --dbpath "
+            f"MongoDB at {redact(uri)} is not reachable ({type(error).__name__}). Fix: start it (e.g. `mongod --dbpath "
             f'<folder> --port 27017`), correct {key}, or set it to "" to let FiftyOne '
             "start its own mongod"
         ) from None
@@ -40,6 +41,8 @@ def import_fiftyone(database_uri: str, key: str = "datasets.<name>.database_uri"
     if database_uri:
         check_mongodb(database_uri, key)
         os.environ["FIFTYONE_DATABASE_URI"] = database_uri
+    elif os.environ.get("FIFTYONE_DATABASE_URI"):  # FiftyOne's own variable: where a URI with a password goes
+        check_mongodb(os.environ["FIFTYONE_DATABASE_URI"], "FIFTYONE_DATABASE_URI")
     try:
         import fiftyone as fo
 

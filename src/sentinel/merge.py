@@ -104,6 +104,10 @@ class Plan:
     orphan_labels: dict[str, Counter[str]]  # source → split → label files with no image
     orphan_examples: list[str]
     missing_splits: dict[str, list[str]]
+    # source → split → its folders (or list files) in data.yaml, there or not: an empty split names them
+    split_paths: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+    # (source, split) → images left out because another image of the same name shares their label file
+    shared_labels: dict[tuple[str, str], list[str]] = field(default_factory=dict)
 
 
 class PrepFailed(SentinelError):
@@ -114,14 +118,25 @@ class PrepFailed(SentinelError):
         self.report = report
 
 
+def where_split_was_looked_for(split: str, plan: Plan) -> list[str]:
+    """Each source's `split` path(s), and what is wrong with each: not there, or no image in it."""
+    found = []
+    for source, by_split in sorted(plan.split_paths.items()):
+        paths = by_split.get(split, [])
+        if not paths:
+            found.append(f"{source} gives no {split} split")
+        for path in paths:
+            found.append(f"{source}: {path} {'holds no images' if Path(path).exists() else 'does not exist'}")
+    return found or [f"no selected dataset has a {split} split"]
+
+
 def why_no_images(split: str, plan: Plan, report: dict[str, Any]) -> str:
     """Name the cause when a split ends up empty: no input at all, or the reasons its inputs were skipped."""
     inputs = sum(1 for item in plan.items if item.split == split)
     if inputs == 0:
-        missing = sorted(source for source, splits in plan.missing_splits.items() if split in splits)
         return (
-            f"prep: no {split} images: no selected dataset has a {split} split whose path exists "
-            f"(missing in: {', '.join(missing) or 'all'}). Fix: check the `{split}:` path in their data.yaml"
+            f"prep: no {split} images: {'; '.join(where_split_was_looked_for(split, plan))}. "
+            f"Fix: check the `{split}:` path in their data.yaml"
         )
     reasons: Counter[str] = Counter()
     for by_split in report["skipped_images"].values():
@@ -227,6 +242,7 @@ def plan_items(sources: list[SourceData]) -> Plan:
     orphans: dict[str, Counter[str]] = defaultdict(Counter)
     orphan_examples: list[str] = []
     used_stems: set[tuple[str, str]] = set()
+    shared: dict[tuple[str, str], list[str]] = defaultdict(list)
     for source in sources:
         prefix = f"{source.name}__"
         for split, entries in source.splits.items():
@@ -235,20 +251,46 @@ def plan_items(sources: list[SourceData]) -> Plan:
                 labels = (
                     scan_label_files(os.path.dirname(label_path_for(str(entry / "x.jpg")))) if entry.is_dir() else None
                 )
+                entry_items: list[Item] = []
                 for image, rel, image_stat in images:
                     label = label_path_for(image)
                     label_stat = labels.pop(label, None) if labels is not None else stat_or_none(label)
                     dot = rel.rfind(".")
                     stem = _unique_stem(prefix + rel[:dot].replace("/", "__"), split, used_stems)
                     name = stem + rel[dot:].lower()
-                    items.append(
+                    entry_items.append(
                         Item(source.name, split, image, label, label_stat, image_stat, stem, len(source.names), name)
                     )
+                items += without_shared_labels(entry_items, shared)
                 for orphan in sorted(labels or {}):
                     orphans[source.name][split] += 1
                     if len(orphan_examples) < 20:
                         orphan_examples.append(orphan)
-    return Plan(items, dict(orphans), orphan_examples, {s.name: s.missing_splits for s in sources})
+    split_paths = {
+        s.name: {
+            split: [*map(str, s.splits.get(split, [])), *s.missing_paths.get(split, [])]
+            for split in ("train", "val", "test")
+        }
+        for s in sources
+    }
+    missing = {s.name: s.missing_splits for s in sources}
+    return Plan(items, dict(orphans), orphan_examples, missing, split_paths, dict(shared))
+
+
+def without_shared_labels(items: list[Item], shared: dict[tuple[str, str], list[str]]) -> list[Item]:
+    """Images whose label file another image of the same name claims too (`a.jpg`, `a.png` → `a.txt`) are left
+    out, each recorded in `shared`: which of them the boxes belong to cannot be known, and giving them to one
+    would make the other a background image, silently."""
+    by_label: dict[str, list[Item]] = defaultdict(list)
+    for item in items:
+        by_label[item.label].append(item)
+    ambiguous = {label for label, claimants in by_label.items() if len(claimants) > 1}
+    if not ambiguous:
+        return items
+    for item in items:
+        if item.label in ambiguous:
+            shared[(item.source, item.split)].append(item.image)
+    return [item for item in items if item.label not in ambiguous]
 
 
 def merge_fingerprint(sources: list[SourceData], plan: Plan, merge: DictConfig) -> str:
@@ -343,6 +385,10 @@ def build_merged(
     the temporary folder nobody else sees.
     """
     tally = Tally()
+    for (source, split), images in plan.shared_labels.items():
+        tally.skipped_images[(source, split, "label_file_shared_by_two_images")] += len(images)
+        for image in images[:5]:
+            tally.example(f"{image}: another image of the same name shares its label file; both left out")
     for split in {item.split for item in plan.items}:
         (out / "images" / split).mkdir(parents=True)
         (out / "labels" / split).mkdir(parents=True)

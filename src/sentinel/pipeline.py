@@ -8,6 +8,7 @@ inputs (sentinel.runs keeps that index), so a rerun after a crash continues wher
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,9 +17,16 @@ from omegaconf import DictConfig, OmegaConf
 
 from sentinel.errors import ConfigError, Interrupted
 from sentinel.merge import PrepFailed
-from sentinel.runs import write_text_atomic
+from sentinel.redaction import redact
+from sentinel.runs import (
+    refuse_other_settings,
+    run_finished,
+    run_folder_owned,
+    write_run_status,
+    write_text_atomic,
+)
 from sentinel.schema import Mode
-from sentinel.tracking import LOCAL_STORE, Tracker, start_tracking, stop_tracking
+from sentinel.tracking import LOCAL_STORE, RERUN_RECORD, RUN_RECORD, Tracker, start_tracking, stop_tracking
 from sentinel.validate import validate
 
 log = logging.getLogger(__name__)
@@ -105,40 +113,58 @@ def run_all(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
 
 def run_mode(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    """Validate the config, save it resolved in the run folder, and run the selected mode."""
+    """Validate the config, take the run folder (one live run; a finished one keeps its settings), save the
+    config resolved in it, and run the selected mode."""
     validate(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(run_dir / "config_resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    with run_folder_owned(run_dir):
+        refuse_other_settings(run_dir, OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
+        return run_in_folder(cfg, run_dir)
+
+
+def run_in_folder(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    # A rerun in a folder whose run finished (same settings: refuse_other_settings) may only add to it: if it
+    # fails, the folder still says what the finished run did.
+    kept = run_finished(run_dir)
+    write_text_atomic(run_dir / "config_resolved.yaml", redact(OmegaConf.to_yaml(cfg, resolve=True)))
     mode = Mode(cfg.mode)
     log.info("mode=%s, run folder %s", mode.value, run_dir)
-    tracker = open_tracking(cfg, run_dir, mode)
+    tracker = open_tracking(cfg, run_dir, mode, RERUN_RECORD if kept else RUN_RECORD)
+    if not kept:
+        write_run_status(run_dir, mode.value, "RUNNING")
     try:
         results = run_all(cfg, run_dir) if mode is Mode.all else {mode.value: STAGES[mode](cfg, run_dir)}
     except PrepFailed as failed:  # what was skipped, and why, is worth most when nothing was left
         from sentinel.report import write_report
 
-        write_report(failed.report, run_dir, [], failed.report["classes"]["names"], 0)
-        end_tracking(tracker, run_dir, "FAILED")
+        if not kept:
+            write_report(failed.report, run_dir, [], failed.report["classes"]["names"], 0)
+        end_tracking(tracker, run_dir, mode, "FAILED", kept)
         raise PrepFailed(f"{failed} (report: {run_dir / 'prep_report.md'})", failed.report) from None
     except (KeyboardInterrupt, Interrupted):
-        end_tracking(tracker, run_dir, "KILLED")
+        end_tracking(tracker, run_dir, mode, "KILLED", kept)
         raise
     except BaseException:
-        end_tracking(tracker, run_dir, "FAILED")
+        end_tracking(tracker, run_dir, mode, "FAILED", kept)
         raise
     record_results(cfg, tracker, run_dir, results)
+    write_run_status(run_dir, mode.value, "FINISHED")
     stop_tracking("FINISHED")
+    if kept and (run_dir / RERUN_RECORD).is_file():  # this rerun finished: the folder's record is now its
+        os.replace(run_dir / RERUN_RECORD, run_dir / RUN_RECORD)
     print(summary(run_dir, results))
     if tracker.run_id:
         print(f"  {'tracking:':<10}MLflow run {tracker.run_id} ({tracking_hint(cfg)})")
+    if tracker.incomplete:
+        print(f"  {'':<10}not fully tracked: {tracker.incomplete}")
     return results
 
 
-def open_tracking(cfg: DictConfig, run_dir: Path, mode: Mode) -> Tracker:
+def open_tracking(cfg: DictConfig, run_dir: Path, mode: Mode, record: str) -> Tracker:
     """This run's tracker. An unreachable server fails here, before any work, except in mode=doctor,
     whose job is to report it next to every other problem."""
     try:
-        return start_tracking(cfg, run_dir, launch_dir())
+        return start_tracking(cfg, run_dir, launch_dir(), record)
     except ConfigError as error:
         if mode is not Mode.doctor:
             raise
@@ -146,8 +172,11 @@ def open_tracking(cfg: DictConfig, run_dir: Path, mode: Mode) -> Tracker:
         return Tracker()
 
 
-def end_tracking(tracker: Tracker, run_dir: Path, status: str) -> None:
-    """A run that did not finish: what its folder holds (reports, logs) still goes to the tracker."""
+def end_tracking(tracker: Tracker, run_dir: Path, mode: Mode, status: str, kept: bool) -> None:
+    """A run that did not finish: what its folder holds (reports, logs) still goes to the tracker; the folder's
+    status says so unless it holds a finished run (`kept`)."""
+    if not kept:
+        write_run_status(run_dir, mode.value, status)
     tracker.log_run_folder(run_dir)
     stop_tracking(status)
 

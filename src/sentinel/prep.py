@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from sentinel.fingerprint import stable_hash
 from sentinel.merge import MergeResult, merge_sources
 from sentinel.report import draw_samples_from_dataset
-from sentinel.runs import copy_file_atomic, write_json_atomic
+from sentinel.runs import claim_run_folder, copy_file_atomic, write_json_atomic
 from sentinel.sources import fetch_source, source_pins
 from sentinel.sources.yolo_dir import SourceData
 from sentinel.tracking import active, prep_metrics
@@ -89,14 +89,14 @@ def licence_of(data_yaml: Path) -> str:
 def prep(cfg: DictConfig, run_dir: Path) -> PrepResult:
     """Build the merged dataset and put its report in the run folder."""
     merged = prepare_dataset(cfg)
+    claim_run_folder(run_dir, "prep", merged.fingerprint)  # before its report replaces another dataset's
     copy_report(merged.folder / "report", run_dir)
     if cfg.merge.samples_grid > 0 and not (run_dir / "samples.png").is_file():
         # The cached build may have been made with samples_grid=0: draw the grid from the merged dataset.
         draw_samples_from_dataset(merged.folder, cfg.merge.samples_grid, run_dir / "samples.png")
     result = PrepResult(merged.dataset_yaml, merged.folder, merged.fingerprint, merged.cache_hit)
-    write_json_atomic(
-        run_dir / "prep_result.json", {k: str(v) if isinstance(v, Path) else v for k, v in result.__dict__.items()}
-    )
+    fields = {k: str(v) if isinstance(v, Path) else v for k, v in result.__dict__.items()}
+    write_json_atomic(run_dir / "prep_result.json", {**fields, "key": merged.fingerprint})
     active().log_metrics(prep_metrics(merged.report))
     totals = merged.report.get("totals", {})
     log.info(

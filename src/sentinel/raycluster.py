@@ -24,6 +24,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from sentinel.errors import ConfigError, SentinelError
+from sentinel.signals import take_back_sigterm
 
 log = logging.getLogger(__name__)
 
@@ -310,6 +311,7 @@ def connect_ray(hw: DictConfig) -> bool:
             ray.init(**kwargs)
     except (ConnectionError, RuntimeError, ValueError) as error:
         raise SentinelError(f"could not start or join Ray ({address or 'local'}): {error}") from None
+    take_back_sigterm()  # ray.init's handlers would end the driver with a stack dump and SIGABRT
     return True
 
 

@@ -13,9 +13,12 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from sentinel.atomic import target_lock
 from sentinel.errors import ConfigError, SentinelError
@@ -95,6 +98,89 @@ def write_state(folder: Path, stage: str, key: str, status: str, data_dir: Path,
     write_json_atomic(index / f"{stable_hash(str(folder.resolve()))}.json", {"run_dir": str(folder.resolve())})
 
 
+RUN_STATUS = "run_status.json"  # in the run folder: how the run ended, in MLflow's words (compare reads it)
+
+
+def write_run_status(run_dir: Path, mode: str, status: str, **extra: Any) -> None:
+    """RUNNING, then FINISHED, FAILED or KILLED: what a run folder says of its run, with tracking=none too."""
+    write_json_atomic(run_dir / RUN_STATUS, {"mode": mode, "status": status, "pid": os.getpid(), **extra})
+
+
+def read_run_status(run_dir: Path) -> dict[str, Any]:
+    """run_status.json, or {} when the folder has none (yet)."""
+    path = run_dir / RUN_STATUS
+    return (_read_json_or_none(path) or {}) if path.is_file() else {}
+
+
+def run_finished(folder: Path) -> bool:
+    """The run in `folder` ended well: its run_status.json says FINISHED (folders from before it existed: a
+    stage recorded a result there)."""
+    status = folder / RUN_STATUS
+    if status.is_file():
+        return read_json(status, "the run's status").get("status") == "FINISHED"
+    return any(folder.glob("*_result.json"))
+
+
+RUN_LOCK = ".run.lock"  # in the run folder: held by the one live run there (released when its process ends)
+
+
+@contextmanager
+def run_folder_owned(run_dir: Path) -> Iterator[None]:
+    """Inside, this process is the only live run in `run_dir`; a second is refused at once, naming the first.
+
+    Two runs in one folder would share its files and its MLflow run. The lock is the kernel's (flock), so a
+    killed run leaves nothing to clean up.
+    """
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(run_dir / RUN_LOCK), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        status = read_run_status(run_dir)
+        raise ConfigError(
+            "hydra.run.dir",
+            f"{run_dir} is in use by another run (mode={status.get('mode', '?')}, pid {status.get('pid', '?')})",
+            "wait for it to end, or use another run folder (leave hydra.run.dir at its default)",
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def refuse_other_settings(run_dir: Path, resolved: dict[str, Any]) -> None:
+    """A folder whose run finished keeps that run's records: a rerun there must have the same settings.
+
+    The same command again is fine (mode=all reuses every stage); other settings would overwrite
+    config_resolved.yaml and the reports of what the folder's weights were trained on. The mode may differ
+    (one stage after another in one folder); each stage then checks its own inputs (claim_run_folder).
+    """
+    status = read_run_status(run_dir)
+    earlier_file = run_dir / "config_resolved.yaml"
+    if status.get("status") != "FINISHED" or not earlier_file.is_file():
+        return
+    try:
+        earlier = yaml.safe_load(earlier_file.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return
+    old, new = _flat(earlier), _flat(resolved)
+    differing = sorted(k for k in old.keys() | new.keys() if k != "mode" and old.get(k) != new.get(k))
+    if differing:
+        shown = ", ".join(differing[:5]) + (f" and {len(differing) - 5} more" if len(differing) > 5 else "")
+        raise ConfigError(
+            "hydra.run.dir",
+            f"{run_dir} holds a finished run with other settings ({shown}); running here would overwrite its records",
+            "use a new run folder (leave hydra.run.dir at its default, or give another)",
+        )
+
+
+def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict):
+        return {k: v for key, value in data.items() for k, v in _flat(value, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): data}
+
+
 def claim_run_folder(run_dir: Path, stage: str, key: str) -> None:
     """Refuse to run `stage` on other inputs in a run folder that already holds one: it would overwrite it.
 
@@ -103,7 +189,7 @@ def claim_run_folder(run_dir: Path, stage: str, key: str) -> None:
     for name in (f"{stage}_result.json", f"{stage}_state.json"):
         path = run_dir / name
         earlier = _read_json_or_none(path) if path.is_file() else None
-        if earlier is not None and earlier.get("key") != key:
+        if earlier is not None and earlier.get("key", earlier.get("fingerprint")) != key:
             raise ConfigError(
                 "hydra.run.dir",
                 f"{run_dir} already holds a {stage} run on other inputs ({name}); running here would overwrite it",

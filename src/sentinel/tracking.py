@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import pickle
+import re
 import socket
 import subprocess
 import sys
@@ -50,6 +51,9 @@ LOCAL_STORE = Path("outputs") / "mlflow.db"  # relative to the launch folder, li
 LOCAL_ARTIFACTS = Path("outputs") / "mlartifacts"
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 RUN_RECORD = "tracking.json"  # in the run folder: which MLflow run records it
+# A rerun in a folder whose run finished records itself here, and replaces tracking.json only once it has
+# finished too: a rerun that fails leaves the folder's record (and its MLflow run) as the finished run left it.
+RERUN_RECORD = ".tracking-rerun.json"
 MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
 BATCH = 100  # MLflow takes at most 100 params or tags (1000 metrics) per log_batch call
 # Logged as artefacts at the end of a run: everything in the run folder except Ray's trial folders (each
@@ -58,8 +62,24 @@ SKIP_ARTIFACTS = ("ray_tune", "finetune/weights/last.pt")
 
 
 def metric_name(name: str) -> str:
-    """MLflow refuses parentheses in names: `metrics/mAP50-95(B)` → `metrics/mAP50-95B`, as Ultralytics does."""
-    return name.replace("(", "").replace(")", "")
+    """A name MLflow accepts for a metric, param or tag, made in this one place.
+
+    MLflow takes only letters, digits, `_ - . / :` and spaces, and no name that a path would normalise to
+    another (mlflow/utils/validation.py). Parentheses are dropped as Ultralytics' own MLflow logger does
+    (`metrics/mAP50-95(B)` → `metrics/mAP50-95B`); any other refused character (a class named `o'clock` or
+    `c++`) becomes `_`, and a path-like piece (`..`) is spelled out. What was renamed is kept as a tag.
+    """
+    safe = _REFUSED_IN_NAMES.sub("_", name.replace("(", "").replace(")", ""))
+    parts = [part if part not in ("", ".", "..") else part.replace(".", "_") or "_" for part in safe.split("/")]
+    return "/".join(parts)
+
+
+_REFUSED_IN_NAMES = re.compile(r"[^/\w.\- :]")
+
+
+def model_name(name: str) -> str:
+    """A registered model's name MLflow accepts: no `/` or `:` (`det:v2` → `det_v2`)."""
+    return name.replace("/", "_").replace(":", "_").strip() or "sentinel"
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, str]:
@@ -79,6 +99,7 @@ class Tracker:
     """Logs nothing: `tracking=none`, and what stages talk to before a run starts."""
 
     run_id = ""
+    incomplete = ""  # after `end`: why the MLflow run misses something ("" when it holds everything)
 
     def log_params(self, params: Mapping[str, Any]) -> None: ...
 
@@ -98,23 +119,34 @@ class Tracker:
 
 
 class MlflowTracker(Tracker):
-    """One MLflow run. A call that fails is a warning, and tracking stops for this run."""
+    """One MLflow run. A call that fails is one warning naming the store and the cause; logging stops for the
+    run, but its end is still recorded (FINISHED, FAILED or KILLED), and tracking.json says it is incomplete."""
 
-    def __init__(self, client: Any, run_id: str, experiment_id: str, record: Path) -> None:
+    def __init__(self, client: Any, run_id: str, experiment_id: str, record: Path, uri: str = "") -> None:
         self.client, self.run_id, self.experiment_id, self.record = client, run_id, experiment_id, record
+        self.uri = uri
         self.failed = False
+        self.problem = ""  # the first failure, for tracking.json and the summary
         self.seconds = {"start": 0.0, "logging": 0.0}  # what tracking cost this run, kept in its RUN_RECORD
         self.calls = 0
+        self.renamed: dict[str, str] = {}
+        self.failures = 0
 
-    def _call(self, what: str, function: Any, *args: Any, **kwargs: Any) -> Any:
-        if self.failed:
+    def _call(self, what: str, function: Any, *args: Any, ending: bool = False, **kwargs: Any) -> Any:
+        if self.failed and not ending:
             return None
         started = time.perf_counter()
         try:
             return function(*args, **kwargs)
         except Exception as error:  # a tracker that went away must not end the training
+            self.failures += 1
+            cause = redact(str(error)).splitlines()[0][:300] if str(error) else type(error).__name__
+            if not self.failed:
+                self.problem = f"{what} failed in {redact(self.uri)}: {cause}"
+                log.warning("tracking: %s; nothing more is logged for this run but its end", self.problem)
+            else:
+                log.warning("tracking: %s failed in %s: %s", what, redact(self.uri), cause)
             self.failed = True
-            log.warning("tracking: %s failed, nothing more is logged for this run: %s", what, redact(str(error)))
             return None
         finally:
             self.seconds["logging"] += time.perf_counter() - started
@@ -124,7 +156,7 @@ class MlflowTracker(Tracker):
         from mlflow.entities import Param
 
         existing = self._call("reading params", lambda: self.client.get_run(self.run_id).data.params) or {}
-        new = {k: redact(str(v))[:MAX_PARAM_CHARS] for k, v in params.items()}
+        new = {self._name(k): redact(str(v))[:MAX_PARAM_CHARS] for k, v in params.items()}
         changed = sorted(k for k, v in new.items() if k in existing and existing[k] != v)
         if changed:  # a rerun in the same folder with other settings: MLflow keeps a param's first value
             log.warning("tracking: params already logged with other values, kept as they were: %s", changed)
@@ -135,7 +167,7 @@ class MlflowTracker(Tracker):
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         from mlflow.entities import RunTag
 
-        items = [RunTag(k, redact(str(v))[:MAX_PARAM_CHARS]) for k, v in tags.items() if v is not None]
+        items = [RunTag(self._name(k), redact(str(v))[:MAX_PARAM_CHARS]) for k, v in tags.items() if v is not None]
         for chunk in _chunks(items, BATCH):
             self._call("setting tags", self.client.log_batch, self.run_id, tags=chunk)
 
@@ -145,9 +177,25 @@ class MlflowTracker(Tracker):
         from mlflow.entities import Metric
 
         now = timestamp_ms or int(time.time() * 1000)
-        items = [Metric(metric_name(k), _as_float(v), now, step or 0) for k, v in metrics.items() if _is_number(v)]
+        items = [Metric(self._name(k), _as_float(v), now, step or 0) for k, v in metrics.items() if _is_number(v)]
         for chunk in _chunks(items, 1000):
             self._call("logging metrics", self.client.log_batch, self.run_id, metrics=chunk)
+        self._tag_renamed()
+
+    def _name(self, name: str) -> str:
+        safe = metric_name(name)
+        if safe != name and "(" not in name:  # Ultralytics' `(B)` is dropped by convention, not recorded
+            self.renamed.setdefault(safe, name)
+        return safe
+
+    def _tag_renamed(self) -> None:
+        """Each name MLflow refused as it was, under the name it got: `sentinel.renamed.<name>` = the original."""
+        from mlflow.entities import RunTag
+
+        new, self.renamed = self.renamed, {}
+        items = [RunTag(metric_name(f"sentinel.renamed.{safe}"), original) for safe, original in new.items()]
+        for chunk in _chunks(items, BATCH):
+            self._call("setting tags", self.client.log_batch, self.run_id, tags=chunk)
 
     def log_artifact(self, path: Path, folder: str = "") -> None:
         self._call(f"logging {path}", self.client.log_artifact, self.run_id, str(path), folder or None)
@@ -208,20 +256,24 @@ class MlflowTracker(Tracker):
         run = self._call("reading the run", self.client.get_run, self.run_id)
         if run is None:
             return
-        self._call("registering the model", _ensure_registered_model, self.client, name)
+        registered = model_name(name)  # model.output_name `det:v2.pt` → `det_v2`; the file name is a tag
+        self._call("registering the model", _ensure_registered_model, self.client, registered)
         version = self._call(
             "adding a model version",
             self.client.create_model_version,
-            name,
+            registered,
             f"{run.info.artifact_uri}/{artifact}",
             run_id=self.run_id,
-            tags={k: redact(str(v)) for k, v in tags.items()},
+            tags={"sentinel.output_name": artifact, **{k: redact(str(v)) for k, v in tags.items()}},
         )
         if version is not None:
-            log.info("tracking: weights registered as model %r version %s", name, version.version)
+            log.info("tracking: weights registered as model %r version %s", registered, version.version)
 
     def end(self, status: str) -> None:
-        self._call("ending the run", self.client.set_terminated, self.run_id, status)
+        self._tag_renamed()
+        failures = self.failures
+        self._call("ending the run", self.client.set_terminated, self.run_id, status, ending=True)
+        ended = status if self.failures == failures else "not recorded"
         spent = {k: round(v, 3) for k, v in self.seconds.items()}
         log.info(
             "tracking: %.2f s in MLflow (start %.2f s, %d logging calls %.2f s)",
@@ -231,7 +283,10 @@ class MlflowTracker(Tracker):
             spent["logging"],
         )
         try:  # a figure for benchmarks/, never a reason to fail a finished run
-            write_json_atomic(self.record, {**read_json(self.record, "the tracking record"), "seconds": spent})
+            record = {**read_json(self.record, "the tracking record"), "seconds": spent, "status": ended}
+            if self.problem:
+                record["incomplete"] = self.problem
+            write_json_atomic(self.record, record)
         except (SentinelError, OSError) as error:
             log.warning("tracking: could not add the time spent to %s: %s", self.record, error)
 
@@ -244,7 +299,7 @@ def active() -> Tracker:
     return _active
 
 
-def start_tracking(cfg: DictConfig, run_dir: Path, launch_dir: Path) -> Tracker:
+def start_tracking(cfg: DictConfig, run_dir: Path, launch_dir: Path, record: str = RUN_RECORD) -> Tracker:
     """Start this run's tracking service, which opens (or continues) its MLflow run; a tracking server that
     does not answer is a ConfigError here, before any work."""
     global _active
@@ -264,8 +319,9 @@ def start_tracking(cfg: DictConfig, run_dir: Path, launch_dir: Path) -> Tracker:
         params=flatten(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)),  # `all`, not `Mode.all`
         pid=os.getpid(),
         log_file=_log_file(),
+        record=record,
     )
-    _active = ServiceTracker.start(spec, run_dir / RUN_RECORD)
+    _active = ServiceTracker.start(spec, run_dir / record)
     return _active
 
 
@@ -284,6 +340,7 @@ class RunSpec:
     params: dict[str, str]
     pid: int  # train.py's process: the run is its, and a dead one is KILLED (mark_dead_runs_killed)
     log_file: str  # the run's log file, which the service writes to as well ("" when there is none)
+    record: str = RUN_RECORD  # where in the run folder the service records the run (RERUN_RECORD: see there)
 
 
 def open_mlflow_run(spec: RunSpec) -> MlflowTracker:
@@ -299,6 +356,8 @@ def open_mlflow_run(spec: RunSpec) -> MlflowTracker:
     with local_store_lock(uri, spec.timeout_s):
         client = MlflowClient(tracking_uri=uri, registry_uri=uri)  # opens (and may create) the store
         experiment_id = ensure_experiment(client, spec.experiment, uri, Path(spec.launch_dir))
+        if uri == tracking_uri("", Path(spec.launch_dir)):
+            follow_moved_project(Path(uri.removeprefix("sqlite:///")), Path(spec.launch_dir))
     mark_dead_runs_killed(client, experiment_id, spec.pid)
     run_id = previous_run_id(run_dir, uri, client)
     if run_id:
@@ -306,8 +365,9 @@ def open_mlflow_run(spec: RunSpec) -> MlflowTracker:
         log.info("tracking: continuing MLflow run %s", run_id)
     else:
         run_id = client.create_run(experiment_id, run_name=spec.run_name).info.run_id
-    write_json_atomic(run_dir / RUN_RECORD, {"uri": redact(uri), "experiment_id": experiment_id, "run_id": run_id})
-    tracker = MlflowTracker(client, run_id, experiment_id, run_dir / RUN_RECORD)
+    record = run_dir / spec.record
+    write_json_atomic(record, {"uri": redact(uri), "experiment_id": experiment_id, "run_id": run_id})
+    tracker = MlflowTracker(client, run_id, experiment_id, record, uri)
     tracker.set_tags(spec.tags)
     tracker.log_params(spec.params)
     tracker.seconds["start"] = time.perf_counter() - started - tracker.seconds["logging"]
@@ -396,7 +456,12 @@ class ServiceTracker(Tracker):
         except SentinelError as error:
             log.warning("tracking: %s", error)
             record = {}
-        self.run_id = str(record.get("run_id", "")) if not self.failed else ""
+        self.run_id = str(record.get("run_id", ""))
+        self.incomplete = str(record.get("incomplete", ""))
+        if self.failed and not self.incomplete:
+            self.incomplete = "the tracking service stopped before the run's end (see train.log)"
+        if record.get("status") != status and self.run_id:
+            self.incomplete = self.incomplete or f"its end ({status}) could not be recorded"
         if record:
             waited = round(time.perf_counter() - started, 3)
             seconds = {**record.get("seconds", {}), "train_py_waited": waited}
@@ -450,8 +515,37 @@ def local_store_lock(uri: str, timeout_s: float) -> Iterator[None]:
         ) from None
 
 
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def check_local_store(uri: str) -> None:
+    """A local SQLite store must be a file SQLite can open and this process can write, or not exist yet.
+
+    MLflow retries a store it cannot open for about two minutes before it gives up, and then names no path.
+    """
+    if not uri.startswith("sqlite:///"):
+        return
+    store = Path(uri.removeprefix("sqlite:///"))
+    fix = "move it out of the way (a new store is made), set tracking.uri, or run with tracking=none"
+    if store.exists() and not store.is_file():
+        raise ConfigError("tracking.uri", f"the local MLflow store {store} is not a file", fix)
+    if store.is_file():
+        try:
+            with open(store, "rb") as handle:
+                header = handle.read(len(SQLITE_HEADER))
+        except OSError as error:
+            problem = f"cannot read the local MLflow store {store} ({error.strerror})"
+            raise ConfigError("tracking.uri", problem, fix) from None
+        if header and header != SQLITE_HEADER:
+            raise ConfigError("tracking.uri", f"{store} is not an SQLite database (damaged or another file)", fix)
+        if not os.access(store, os.W_OK) or not os.access(store.parent, os.W_OK):
+            raise ConfigError("tracking.uri", f"the local MLflow store {store} (or its folder) is read-only", fix)
+
+
 def check_reachable(uri: str, timeout_s: float) -> None:
-    """An HTTP tracking server must answer its /health endpoint now, not after an hour of training."""
+    """An HTTP tracking server must answer its /health endpoint now, not after an hour of training; a local
+    store must be one MLflow can use (check_local_store)."""
+    check_local_store(uri)
     if not uri.startswith(("http://", "https://")):
         return
     import requests
@@ -459,6 +553,7 @@ def check_reachable(uri: str, timeout_s: float) -> None:
     try:
         response = requests.get(uri.rstrip("/") + "/health", timeout=timeout_s)
         response.raise_for_status()
+        probe = requests.get(uri.rstrip("/") + MLFLOW_PROBE, timeout=timeout_s, auth=_basic_auth())
     except requests.RequestException as error:
         raise ConfigError(
             "tracking.uri",
@@ -466,6 +561,37 @@ def check_reachable(uri: str, timeout_s: float) -> None:
             "start the server (mlflow server --host 0.0.0.0 --port 5000), correct tracking.uri, "
             "or run with tracking=none",
         ) from None
+    if probe.status_code in (401, 403):
+        raise ConfigError(
+            "tracking.uri",
+            f"the MLflow server at {redact(uri)} refused the request (HTTP {probe.status_code})",
+            "export MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (MLflow reads them)",
+        )
+    if not _speaks_mlflow(probe):
+        kind = probe.headers.get("Content-Type", "no content type").split(";")[0]
+        raise ConfigError(
+            "tracking.uri",
+            f"{redact(uri)} answers, but not as an MLflow tracking server ({MLFLOW_PROBE}: HTTP "
+            f"{probe.status_code}, {kind})",
+            "give the address of an MLflow server (mlflow server --port 5000), or run with tracking=none",
+        )
+
+
+MLFLOW_PROBE = "/api/2.0/mlflow/experiments/get-by-name?experiment_name=Default"  # any MLflow answers in JSON
+
+
+def _speaks_mlflow(response: Any) -> bool:
+    """MLflow's REST API answers in JSON: the experiment, or an error with MLflow's error_code."""
+    try:
+        body = response.json()
+    except ValueError:
+        return False
+    return isinstance(body, dict) and ("experiment" in body or "error_code" in body)
+
+
+def _basic_auth() -> tuple[str, str] | None:
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    return (user, password) if user and password else None
 
 
 def experiment_name(cfg: DictConfig) -> str:
@@ -478,6 +604,11 @@ def experiment_name(cfg: DictConfig) -> str:
 def ensure_experiment(client: Any, name: str, uri: str, launch_dir: Path) -> str:
     """The experiment's id, creating it (with artefacts beside a local store, not in ./mlruns) if needed."""
     found = client.get_experiment_by_name(name)
+    if found is not None and found.lifecycle_stage == "deleted":  # MLflow keeps the name, and refuses runs in it
+        raise SentinelError(
+            f"the MLflow experiment {name!r} in {redact(uri)} was deleted. Fix: restore it (mlflow experiments "
+            f"restore --experiment-id {found.experiment_id}) or record elsewhere (tracking.experiment=<another>)"
+        )
     if found is None:
         location = (launch_dir / LOCAL_ARTIFACTS).resolve().as_uri() if uri.startswith("sqlite:") else None
         with contextlib.suppress(Exception):  # another process may create it between our two calls
@@ -490,6 +621,44 @@ def ensure_experiment(client: Any, name: str, uri: str, launch_dir: Path) -> str
         # runs, metrics and models are "model training", so the UI opens on the runs table.
         client.set_experiment_tag(found.experiment_id, *EXPERIMENT_KIND)
     return found.experiment_id
+
+
+ARTIFACT_COLUMNS = (  # MLflow 3's SQL schema: where a local store keeps artefact locations
+    ("experiments", "artifact_location"),
+    ("runs", "artifact_uri"),
+    ("model_versions", "source"),
+    ("model_versions", "storage_location"),
+    ("logged_models", "artifact_location"),
+)
+
+
+def follow_moved_project(store: Path, launch_dir: Path) -> None:
+    """The default local store's artefact locations name the folder beside it, wherever the project now is.
+
+    MLflow keeps absolute artefact locations in the store; after `mv project elsewhere` every new run would
+    write its artefacts under the old path (made again), and the earlier runs' artefacts, moved with the
+    project, could not be found. MLflow has no call to change an experiment's location, so for Sentinel's own
+    default store (never a store the user named) the old prefix is replaced in place, under the store's lock.
+    """
+    import sqlite3
+
+    new = (launch_dir / LOCAL_ARTIFACTS).resolve().as_uri()
+    try:
+        with contextlib.closing(sqlite3.connect(store)) as db, db:
+            olds = {
+                location
+                for (location,) in db.execute("SELECT artifact_location FROM experiments")
+                if location and location.startswith("file://") and location.endswith("/outputs/mlartifacts")
+            } - {new}
+            for old in olds:
+                for table, column in ARTIFACT_COLUMNS:  # names from the constant above, never from input
+                    db.execute(
+                        f"UPDATE {table} SET {column} = ? || substr({column}, ?) WHERE substr({column}, 1, ?) = ?",
+                        (new, len(old) + 1, len(old), old),
+                    )
+                log.warning("tracking: the project moved from %s; the store's artefacts are now under %s", old, new)
+    except sqlite3.Error as error:
+        log.warning("tracking: could not point the store %s at its new folder: %s", store, error)
 
 
 def mark_dead_runs_killed(client: Any, experiment_id: str, own_pid: int) -> None:
@@ -516,8 +685,10 @@ def previous_run_id(run_dir: Path, uri: str, client: Any) -> str:
     if data.get("uri") != redact(uri):
         return ""
     try:
-        client.get_run(data["run_id"])
+        run = client.get_run(data["run_id"])
     except Exception:
+        return ""
+    if run.info.status == "FINISHED":  # a finished run's record is never reopened: a rerun is a run of its own
         return ""
     return str(data["run_id"])
 

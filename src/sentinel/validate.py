@@ -41,6 +41,7 @@ def validate(cfg: DictConfig) -> None:
     _check_inspect(cfg.inspect)
     _check_tune(cfg.tune)
     _check_stages(cfg)
+    _check_tracking(cfg.tracking)
     _check_optimizer(cfg.training.optimizer, cfg.search_space)
     _check_close_mosaic(cfg)
     _check_data_dir(cfg.data_dir)
@@ -218,6 +219,13 @@ def _check_stages(cfg: DictConfig) -> None:
         )
     if cfg.compare.runs < 1:
         raise ConfigError("compare.runs", f"must be at least 1, got {cfg.compare.runs}", "e.g. compare.runs=10")
+
+
+def _check_tracking(tracking: DictConfig) -> None:
+    if not tracking.timeout_s > 0:
+        raise ConfigError(
+            "tracking.timeout_s", f"must be above 0 seconds, got {tracking.timeout_s}", "e.g. tracking.timeout_s=10"
+        )
 
 
 def _check_optimizer(optimizer: str, space: DictConfig) -> None:

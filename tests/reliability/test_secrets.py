@@ -78,3 +78,37 @@ def test_the_key_is_written_nowhere(server, tmp_path):
     assert files_containing(tmp_path, SECRET.encode()) == []
     ray_logs = RAY_TEMP / "ray" / "session_latest" / "logs"  # the search's local Ray (RAY_TMPDIR, conftest)
     assert ray_logs.is_dir() and files_containing(ray_logs, SECRET.encode()) == []
+
+
+PASSWORD = "pw-7f3e9d1c"  # in a URL's user info: must be refused, and appear in no file the run writes
+
+
+@pytest.mark.parametrize(
+    ("override", "fix"),
+    [
+        (f"tracking.uri=http://alice:{PASSWORD}@127.0.0.1:1/", "MLFLOW_TRACKING_PASSWORD"),
+        (f"tracking.uri=postgresql://alice:{PASSWORD}@localhost:5432/mlflow", "MLFLOW_TRACKING_PASSWORD"),
+        (f"inspect.database_uri=mongodb://bob:{PASSWORD}@127.0.0.1:1/", "FIFTYONE_DATABASE_URI"),
+    ],
+)
+def test_a_password_in_a_url_on_the_command_line_is_refused_before_anything_is_written(tmp_path, override, fix):
+    result = run_train(["mode=prep", override, f"data_dir={tmp_path}/data"], cwd=tmp_path)
+    key = override.split("=", 1)[0]
+    assert result.returncode == 1 and f"'{key}'" in result.stderr and fix in result.stderr
+    assert PASSWORD not in result.stdout + result.stderr and "Traceback" not in result.stderr
+    assert list(tmp_path.iterdir()) == []  # no run folder, no data_dir
+
+
+def test_a_password_in_a_url_in_a_config_file_is_refused_and_written_nowhere(tmp_path):
+    presets = tmp_path / "conf" / "experiment"
+    presets.mkdir(parents=True)
+    (presets / "leaky.yaml").write_text(
+        f"# @package _global_\ntracking:\n  uri: postgresql://carol:{PASSWORD}@localhost:5432/mlflow\n"
+    )
+    args = [f"hydra.searchpath=[file://{tmp_path / 'conf'}]", "experiment=leaky", "mode=prep"]
+    result = run_train([*args, f"data_dir={tmp_path}/data", f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path)
+    assert result.returncode == 1 and "'tracking.uri'" in result.stderr and "MLFLOW_TRACKING_USERNAME" in result.stderr
+    assert PASSWORD not in result.stdout + result.stderr
+    written = [p for p in files_containing(tmp_path, PASSWORD.encode()) if p != presets / "leaky.yaml"]
+    assert written == []  # .hydra/config.yaml was written by Hydra with it, then masked
+    assert "carol:***@localhost" in (tmp_path / "run" / ".hydra" / "config.yaml").read_text()

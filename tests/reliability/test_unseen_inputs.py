@@ -154,8 +154,8 @@ def test_cached_build_is_not_reused_after_a_files_mode_changes(tmp_path):
     run(tmp_path)
     first = json.loads((tmp_path / "run" / "prep_result.json").read_text())
     os.chmod(root / "images" / "train" / "a.jpg", 0o600)
-    run(tmp_path)
-    second = json.loads((tmp_path / "run" / "prep_result.json").read_text())
+    run(tmp_path, f"hydra.run.dir={tmp_path}/run2")  # "run" keeps the finished run's records
+    second = json.loads((tmp_path / "run2" / "prep_result.json").read_text())
     assert not second["cache_hit"] and second["fingerprint"] != first["fingerprint"]
 
 
@@ -163,10 +163,10 @@ def test_samples_grid_is_drawn_on_a_cache_hit_of_a_build_made_without_one(tmp_pa
     user_source(tmp_path)
     run(tmp_path)  # merge.samples_grid=0
     assert not (tmp_path / "run" / "samples.png").exists()
-    result, _ = run(tmp_path, "merge.samples_grid=4")
+    result, _ = run(tmp_path, "merge.samples_grid=4", f"hydra.run.dir={tmp_path}/run2")  # other settings
     assert result.returncode == 0, result.stderr
-    assert json.loads((tmp_path / "run" / "prep_result.json").read_text())["cache_hit"]
-    assert (tmp_path / "run" / "samples.png").stat().st_size > 0
+    assert json.loads((tmp_path / "run2" / "prep_result.json").read_text())["cache_hit"]
+    assert (tmp_path / "run2" / "samples.png").stat().st_size > 0
 
 
 # --- tracebacks -----------------------------------------------------------------------------------------

@@ -31,6 +31,8 @@ class SourceData:
     splits: dict[str, list[Path]]  # split → folders, list files or image files, as data.yaml names them
     missing_splits: list[str] = field(default_factory=list)
     origin: dict[str, Any] = field(default_factory=dict)  # where it came from, for the report
+    # split → the paths data.yaml gives for it that do not exist (an error names them, not just the source)
+    missing_paths: dict[str, list[str]] = field(default_factory=dict)
 
 
 def find_data_yaml(path: Path) -> Path:
@@ -55,20 +57,29 @@ def read_source(name: str, path: Path, origin: dict[str, Any] | None = None) -> 
     root = _dataset_root(data, yaml_path)
     splits: dict[str, list[Path]] = {}
     missing: list[str] = []
+    missing_paths: dict[str, list[str]] = {}
     for split in SPLITS:
         entries = data.get(split)
         if entries in (None, "", []):
             missing.append(split)
             continue
-        resolved = [_resolve_split_entry(root, str(e)) for e in (entries if isinstance(entries, list) else [entries])]
+        given = [str(e) for e in (entries if isinstance(entries, list) else [entries])]
+        resolved = [_resolve_split_entry(root, entry) for entry in given]
         found = [p for p in resolved if p is not None]
+        absent = [str(_split_candidate(root, e)) for e, p in zip(given, resolved, strict=True) if p is None]
+        if absent:
+            missing_paths[split] = absent
         if found:
             splits[split] = found
         else:
             missing.append(split)
     if not splits:
-        raise SentinelError(f"{yaml_path}: none of train/val/test points at existing images. Fix: check its paths")
-    return SourceData(name, yaml_path, names, splits, missing, origin or {"type": "yolo", "path": str(yaml_path)})
+        shown = "; ".join(f"{split}: {', '.join(paths)}" for split, paths in missing_paths.items()) or "none given"
+        raise SentinelError(
+            f"{yaml_path}: none of train/val/test points at existing images (not there: {shown}). Fix: check its paths"
+        )
+    origin = origin or {"type": "yolo", "path": str(yaml_path)}
+    return SourceData(name, yaml_path, names, splits, missing, origin, missing_paths)
 
 
 def load_yaml_file(path: Path) -> dict[str, Any]:
@@ -199,11 +210,18 @@ def _dataset_root(data: dict[str, Any], yaml_path: Path) -> Path:
     if not raw:
         return yaml_path.parent
     root = Path(str(raw)).expanduser()
+    if root.is_absolute() and not root.exists():
+        # Written where the dataset used to be (a folder moved with its project): its own folder is the root.
+        return yaml_path.parent
     return root if root.is_absolute() else (yaml_path.parent / root).resolve()
 
 
+def _split_candidate(root: Path, entry: str) -> Path:
+    return Path(entry) if os.path.isabs(entry) else (root / entry).resolve()
+
+
 def _resolve_split_entry(root: Path, entry: str) -> Path | None:
-    candidate = Path(entry) if os.path.isabs(entry) else (root / entry).resolve()
+    candidate = _split_candidate(root, entry)
     if not candidate.exists() and entry.startswith("../"):
         candidate = (root / entry[3:]).resolve()  # Roboflow's one-level-too-high paths (roboflow-python#240)
     return candidate if candidate.exists() else None
