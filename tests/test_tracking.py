@@ -294,8 +294,10 @@ def test_compare_right_after_a_presets_run_finds_it_without_naming_an_experiment
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [line for line in (tmp_path / "cmp" / "compare.md").read_text().splitlines() if line.startswith("| ")]
     assert len(rows) == 2 and rows[1].startswith("| demo: prep ")  # the header, then the demo's run
-    nothing = run_train(["mode=compare", "compare.experiment=demo", "compare.sweep=/nowhere"], cwd=tmp_path)
-    assert nothing.returncode == 1 and "experiment 'demo', sweep /nowhere" in nothing.stderr
+    sweep = tmp_path / "multirun" / "empty"  # a sweep folder with no run of the demo's in it
+    sweep.mkdir(parents=True)
+    nothing = run_train(["mode=compare", "compare.experiment=demo", f"compare.sweep={sweep}"], cwd=tmp_path)
+    assert nothing.returncode == 1 and f"experiment 'demo', sweep {sweep}" in nothing.stderr
 
 
 def test_doctor_reports_an_unreachable_server_next_to_the_other_checks(tmp_path):
