@@ -1,118 +1,28 @@
 """Sentinel's one entrypoint: `python train.py mode=<prep|tune|finetune|export|evaluate|all> [overrides]`.
 
-Thin on purpose: Hydra composes and validates the config, and `sentinel.pipeline` runs the mode. Nothing
-heavy is imported at module level, so `--cfg job` and `--help` stay fast (benchmarks/startup.py).
+Thin on purpose: Hydra composes and validates the config, `sentinel.job` runs it (and `sentinel.pipeline`
+the mode). Nothing heavy is imported at module level, so `--cfg job` and `--help` stay fast
+(benchmarks/startup.py).
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import os
-import signal
-import sys
 from pathlib import Path
-from typing import Any
 
 import hydra
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from sentinel.cli import JobFailed, run_cli, user_wants_full_error
-from sentinel.errors import ConfigError, SentinelError
-from sentinel.redaction import install_redaction, password_in_config, redact, scrub_files, url_secret_fix
-from sentinel.runs import write_run_status
+from sentinel.cli import run_cli
+from sentinel.job import run_job
 from sentinel.schema import register_configs
-from sentinel.signals import EXIT_CODE as SIGTERM_EXIT
-from sentinel.signals import handle_sigterm_as_ctrl_c, terminated
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
-log = logging.getLogger("sentinel")
 register_configs()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
-    install_redaction()
-    run_dir = Path(HydraConfig.get().runtime.output_dir).resolve()
-    if HydraConfig.get().job.chdir:  # paths in the config are relative to the launch folder, whatever chdir says
-        os.chdir(HydraConfig.get().runtime.cwd)
-    scrub_files(hydra_written_files(run_dir))  # Hydra wrote them before this function: no secret stays there
-    from sentinel.pipeline import run_mode
-
-    previous = handle_sigterm_as_ctrl_c()
-    try:
-        refuse_password_in_config(cfg)
-        run_mode(cfg, run_dir)
-    except SentinelError as error:
-        code = getattr(error, "exit_code", 1)
-        fail_job(redact(str(error)), SIGTERM_EXIT if code == 130 and terminated() else code, run_dir, cfg)
-    except KeyboardInterrupt:
-        how, code = ("SIGTERM", SIGTERM_EXIT) if terminated() else ("Ctrl-C", 130)
-        fail(f"interrupted ({how}); the stage that was running is recorded as unfinished and can resume", code)
-    except Exception as error:  # a bug or an environment problem we did not foresee: one line, details in the log
-        log_to_file_only("unexpected error", exc_info=sys.exc_info())
-        if user_wants_full_error():
-            raise
-        fail_job(
-            f"unexpected {type(error).__name__}: {redact(str(error)).splitlines()[0] if str(error) else ''} "
-            f"(full traceback in {run_dir / 'train.log'})",
-            1,
-            run_dir,
-            cfg,
-        )
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def fail_job(message: str, exit_code: int, run_dir: Path, cfg: DictConfig) -> None:
-    """A run that failed: `fail`, but in a sweep the other jobs go on (Hydra runs a batch's jobs until one
-    raises SystemExit), and the sweep ends with the list of failed jobs (sentinel.cli.JobFailed)."""
-    if HydraConfig.get().mode != RunMode.MULTIRUN:
-        fail(message, exit_code)
-    job = HydraConfig.get().job.num
-    log_to_file_only(f"error: {message}")
-    print(f"error: job {job}: {message}", file=sys.stderr)
-    with contextlib.suppress(OSError):
-        write_run_status(run_dir, str(getattr(cfg.mode, "value", cfg.mode)), "FAILED", error=message)
-    raise JobFailed(str(HydraConfig.get().sweep.dir), exit_code)
-
-
-def hydra_written_files(run_dir: Path) -> list[Path]:
-    """The config files Hydra saved for this run (and for its sweep)."""
-    files = sorted(run_dir.glob(".hydra/*.yaml"))
-    if HydraConfig.get().mode == RunMode.MULTIRUN:
-        files.append(Path(HydraConfig.get().sweep.dir) / "multirun.yaml")
-    return files
-
-
-def refuse_password_in_config(cfg: DictConfig) -> None:
-    """A URL with a password in a config file is refused like one on the command line (sentinel.cli)."""
-    try:
-        values = OmegaConf.to_container(cfg, resolve=True)
-    except Exception:  # an interpolation that does not resolve: validation names it later
-        values = OmegaConf.to_container(cfg, resolve=False)
-    key = password_in_config(values)
-    if key:
-        raise ConfigError(key, "holds a password, which every record of the run would keep", url_secret_fix(key))
-
-
-def fail(message: str, exit_code: int) -> None:
-    """One line on stderr, the same line in the run's log file, and a non-zero exit."""
-    log_to_file_only(f"error: {message}")
-    print(f"error: {message}", file=sys.stderr)
-    if user_wants_full_error() and sys.exc_info()[0] is not None:
-        raise
-    sys.exit(exit_code)
-
-
-def log_to_file_only(message: str, exc_info: Any = None) -> None:
-    """Record an error (with its traceback, if given) in the run's log file only; the terminal gets one line."""
-    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, exc_info)
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.FileHandler):
-            handler.handle(record)
+    run_job(cfg)
 
 
 if __name__ == "__main__":

@@ -58,7 +58,7 @@ MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
 BATCH = 100  # MLflow takes at most 100 params or tags (1000 metrics) per log_batch call
 # Logged as artefacts at the end of a run: everything in the run folder except Ray's trial folders (each
 # trial's weights; the best one is kept in tune/best_trial/), Ultralytics' last.pt (a resume point) and the
-# run folder's lock (sentinel.runs.RUN_LOCK) and a rerun's own tracking record (RERUN_RECORD below).
+# run folder's lock (sentinel.runs.RUN_LOCK) and a rerun's own tracking record (RERUN_RECORD above).
 SKIP_ARTIFACTS = ("ray_tune", "finetune/weights/last.pt", ".run.lock", ".tracking-rerun.json")
 
 
