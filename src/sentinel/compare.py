@@ -119,12 +119,11 @@ def runs_from_store(cfg: DictConfig, launch_dir: Path) -> tuple[list[ComparedRun
     client = MlflowClient(tracking_uri=uri)
     name = cfg.compare.experiment.strip()
     with local_store_lock(uri, cfg.tracking.timeout_s):  # this run's tracking service may be creating its tables
-        experiments = client.search_experiments()
-    if name:
-        experiments = [e for e in experiments if e.name == name]
-        if not experiments:
-            names = ", ".join(e.name for e in client.search_experiments()) or "none"
-            raise ConfigError("compare.experiment", f"no experiment {name!r} in {redact(uri)}", f"use one of: {names}")
+        every = client.search_experiments()
+    experiments = [e for e in every if e.name == name] if name else every
+    if name and not experiments:
+        names = ", ".join(e.name for e in every) or "none"
+        raise ConfigError("compare.experiment", f"no experiment {name!r} in {redact(uri)}", f"use one of: {names}")
     where = f"{redact(uri)}, experiment {name!r}" if name else f"{redact(uri)}, every experiment"
     query = "attributes.status = 'FINISHED' and tags.`sentinel.mode` != 'compare'"
     if cfg.compare.sweep.strip():
