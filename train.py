@@ -1,6 +1,6 @@
 """Sentinel's one entrypoint: `python train.py mode=<prep|tune|finetune|export|evaluate|all> [overrides]`.
 
-Thin on purpose: Hydra composes and validates the config, `sentinel.job` runs it (and `sentinel.pipeline`
+Thin on purpose: Hydra composes and validates the config, `sentinel.pipeline.job` runs it (and `sentinel.pipeline.modes`
 the mode). Nothing heavy is imported at module level, so `--cfg job` and `--help` stay fast
 (benchmarks/startup.py).
 """
@@ -12,9 +12,9 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from sentinel.cli import run_cli
-from sentinel.job import run_job
-from sentinel.schema import register_configs
+from sentinel.config.schema import register_configs
+from sentinel.pipeline.cli import run_cli
+from sentinel.pipeline.job import run_job
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 register_configs()

@@ -162,7 +162,7 @@ class Prep:
     def __init__(self, folders: list[Path], outputs: Outputs) -> None:
         from omegaconf import OmegaConf
 
-        from sentinel.schema import MergeConfig
+        from sentinel.config.schema import MergeConfig
 
         self.folders, self.outputs = folders, outputs
         self.data_dir = outputs.new("data")
@@ -170,8 +170,8 @@ class Prep:
         self.rebuilds = 0
 
     def merge(self, cfg=None):
-        from sentinel.merge import merge_sources
-        from sentinel.sources.yolo_dir import read_source
+        from sentinel.dataset.merge import merge_sources
+        from sentinel.dataset.sources.yolo_dir import read_source
 
         return merge_sources([read_source(f.name, f) for f in self.folders], cfg or self.cfg, self.data_dir)
 
@@ -316,7 +316,7 @@ from prep import Outputs, Prep
 from pathlib import Path
 outputs = Outputs(Path(sys.argv[2]))
 prep = Prep(sorted(Path(sys.argv[1]).glob("*/")), outputs)
-import sentinel.merge  # imports are not the build's cost (prep imports no torch: ultra_cache.CACHE_VERSION)
+import sentinel.dataset.merge  # imports are not the build's cost (prep imports no torch: ultra_cache.CACHE_VERSION)
 import threading, psutil
 worker_peak = [0]
 def watch_workers():  # the forkserver and its workers are not our waited-for children: read their VmHWM

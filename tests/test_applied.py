@@ -1,5 +1,5 @@
 """Every searched and tuned value reaches the training: read back from Ultralytics' optimizer, schedule, loss and
-dataset at the first batch (sentinel.applied), not from the arguments Sentinel passed."""
+dataset at the first batch (sentinel.runtime.applied), not from the arguments Sentinel passed."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from hydra.core.global_hydra import GlobalHydra
 
 from builders import jpeg_bytes, make_source
 from conftest import CONF_DIR
+from sentinel.config.schema import register_configs
+from sentinel.config.validate import validate
 from sentinel.errors import ConfigError
-from sentinel.schema import register_configs
-from sentinel.validate import validate
 
 SPACE = yaml.safe_load((CONF_DIR / "search_space" / "default.yaml").read_text())
 TRIAL_EPOCHS = 10  # tune.epochs' default: the default space's warm-up (up to 5 epochs) fits below epochs - 1
@@ -43,8 +43,8 @@ def dataset(tmp_path_factory) -> Path:
 
 
 def trial_args(data_dir: Path, **overrides) -> dict:
-    """A default-config trial's fixed arguments (sentinel.tune.trial_fixed_args) at small sizes."""
-    from sentinel.tune import trial_fixed_args
+    """A default-config trial's fixed arguments (sentinel.stages.tune.search.trial_fixed_args) at small sizes."""
+    from sentinel.stages.tune.search import trial_fixed_args
 
     cfg = composed(data_dir, "model=yolov8n_scratch", "model.imgsz=32", "model.batch=4", f"tune.epochs={TRIAL_EPOCHS}")
     return {**trial_fixed_args(cfg), **overrides}
@@ -52,9 +52,9 @@ def trial_args(data_dir: Path, **overrides) -> dict:
 
 @pytest.fixture(scope="module")
 def two_ends(dataset, tmp_path_factory):
-    """A dry build at both probes of the default search space (sentinel.tune.space_probes), and of class weights."""
-    from sentinel.applied import dry_build
-    from sentinel.tune import space_probes
+    """A dry build at both probes of the default search space (search.space_probes), and of class weights."""
+    from sentinel.runtime.applied import dry_build
+    from sentinel.stages.tune.search import space_probes
 
     folder = tmp_path_factory.mktemp("ends")
     ends = space_probes(composed(folder, "search_space=default").search_space)
@@ -97,7 +97,7 @@ def test_the_applied_record_is_written_where_the_training_ran(two_ends):
     ],
 )
 def test_a_value_ultralytics_does_not_apply_is_a_difference_naming_the_key(dataset, tmp_path, asked, key, because):
-    from sentinel.applied import dry_build
+    from sentinel.runtime.applied import dry_build
 
     check = dry_build("yolov8n.yaml", dataset, trial_args(tmp_path, **asked), TRIAL_EPOCHS, tmp_path / "dry")
     found = {d.key: d for d in check.found}
@@ -111,10 +111,10 @@ def demo_search_with(tmp_path: Path, extra: str):
 
 
 def test_a_search_drops_a_key_that_cannot_act_on_box_data_with_a_warning(dataset, tmp_path, caplog):
-    from sentinel.tune import check_search_applies, without_keys
+    from sentinel.stages.tune.search import check_search_applies, without_keys
 
     cfg = demo_search_with(tmp_path, "+search_space.copy_paste={dist: uniform, low: 0.0, high: 1.0}")
-    with caplog.at_level(logging.WARNING, logger="sentinel.tune"):
+    with caplog.at_level(logging.WARNING, logger="sentinel.stages.tune.search"):
         dropped = check_search_applies(cfg, dataset, tmp_path / "run")
     assert list(dropped) == ["copy_paste"]
     assert "search_space.copy_paste dropped" in caplog.text and "segment masks" in caplog.text
@@ -122,7 +122,7 @@ def test_a_search_drops_a_key_that_cannot_act_on_box_data_with_a_warning(dataset
 
 
 def test_a_search_over_a_value_that_would_not_act_fails_before_it_starts(dataset, tmp_path):
-    from sentinel.tune import check_search_applies
+    from sentinel.stages.tune.search import check_search_applies
 
     cfg = demo_search_with(tmp_path, "+search_space.warmup_epochs={dist: uniform, low: 0.0, high: 5.0}")
     with pytest.raises(ConfigError) as error:
@@ -131,7 +131,7 @@ def test_a_search_over_a_value_that_would_not_act_fails_before_it_starts(dataset
 
 
 def test_a_trial_closes_mosaic_for_the_fine_tunes_share_of_its_epochs_never_from_the_first():
-    from sentinel.tune import trial_close_mosaic
+    from sentinel.stages.tune.search import trial_close_mosaic
 
     assert trial_close_mosaic(10, 40, 3) == 1  # the demo: mosaic in 2 of 3 epochs, then a clean one
     assert trial_close_mosaic(10, 100, 10) == 1

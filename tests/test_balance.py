@@ -9,10 +9,10 @@ import pytest
 from omegaconf import OmegaConf
 
 from builders import jpeg_bytes, make_source, ultralytics_dataset
-from sentinel.balance import repeat_factors
-from sentinel.merge import merge_sources
-from sentinel.schema import MergeConfig
-from sentinel.sources.yolo_dir import read_source
+from sentinel.config.schema import MergeConfig
+from sentinel.dataset.balance import repeat_factors
+from sentinel.dataset.merge import merge_sources
+from sentinel.dataset.sources.yolo_dir import read_source
 
 PERSONS, GUNS = 10, 2  # training images, one box each: 5:1
 

@@ -119,14 +119,14 @@ def test_a_search_through_the_cluster_address_runs_trials_on_both_nodes(two_node
 
 
 def test_the_head_is_recognised_as_ray_although_it_greets_first(two_node_cluster):
-    from sentinel.raycluster import check_ray_address
+    from sentinel.runtime.raycluster import check_ray_address
 
     check_ray_address(two_node_cluster)  # Ray's GCS sends its HTTP/2 SETTINGS frame before we speak
 
 
 def test_a_grpc_server_that_greets_with_http2_settings_is_ray_and_one_with_text_is_not():
     from sentinel.errors import SentinelError
-    from sentinel.raycluster import HTTP2_EMPTY_SETTINGS, check_ray_address
+    from sentinel.runtime.raycluster import HTTP2_EMPTY_SETTINGS, check_ray_address
 
     for greeting, is_ray in ((HTTP2_EMPTY_SETTINGS, True), (b"SSH-2.0-OpenSSH_9.2\r\n", False)):
         with socket.socket() as server:

@@ -13,9 +13,9 @@ from omegaconf import OmegaConf
 
 from builders import jpeg_bytes
 from conftest import free_port, run_train
+from sentinel.config.schema import CocoSource
 from sentinel.errors import SentinelError
-from sentinel.fiftyone_db import check_mongodb
-from sentinel.schema import CocoSource
+from sentinel.runtime.fiftyone_db import check_mongodb
 
 pytestmark = pytest.mark.slow
 
@@ -80,7 +80,7 @@ def yolo_files(folder: Path, split: str) -> dict[str, str]:
 
 
 def test_zoo_load_and_export_gives_one_class_list_and_seeded_val_test(fiftyone_env, tmp_path):
-    from sentinel.sources import fetch_source
+    from sentinel.dataset.sources import fetch_source
 
     source = fetch_source("coco", coco_cfg(fiftyone_env / "zoo"), tmp_path / "data")
     folder = source.yaml_path.parent
@@ -104,7 +104,7 @@ def test_zoo_load_and_export_gives_one_class_list_and_seeded_val_test(fiftyone_e
 
 
 def test_test_split_of_the_zoo_is_refused(fiftyone_env, tmp_path):
-    from sentinel.sources import fetch_source
+    from sentinel.dataset.sources import fetch_source
 
     with pytest.raises(SentinelError, match="test split has no labels"):
         fetch_source("coco", coco_cfg(fiftyone_env / "zoo", splits=["test"]), tmp_path / "data")

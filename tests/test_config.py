@@ -10,9 +10,9 @@ import pytest
 from hydra.errors import ConfigCompositionException, MissingConfigException
 
 from conftest import CONF_DIR, REPO, run_train
+from sentinel.config.schema import Mode
+from sentinel.config.validate import validate
 from sentinel.errors import ConfigError
-from sentinel.schema import Mode
-from sentinel.validate import validate
 
 GROUPS = ["datasets", "augmentation", "search_space", "hardware", "model", "tracking", "experiment"]
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF_DIR / g).glob("*.yaml"))]
@@ -235,7 +235,7 @@ def test_an_unexpected_skip_fails_the_session(tmp_path):
 
 def test_class_weights_reach_ultralytics_as_cls_pw_and_are_absent_when_off(compose_cfg):
     """training.class_weights is Ultralytics' cls_pw; off, the arguments (and earlier runs' keys) are unchanged."""
-    from sentinel.ultra import fixed_training_args
+    from sentinel.runtime.ultra import fixed_training_args
 
     assert "cls_pw" not in fixed_training_args(compose_cfg())
     assert fixed_training_args(compose_cfg("training.class_weights=0.5"))["cls_pw"] == 0.5

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from sentinel.file_bytes import read_file
+from sentinel.dataset.file_bytes import read_file
 
 DATA = os.urandom(3 * 2**20 + 7)  # more than one of read_file's follow-up reads
 

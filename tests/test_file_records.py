@@ -9,10 +9,10 @@ import pytest
 from omegaconf import OmegaConf
 
 from builders import jpeg_bytes, make_source
-from sentinel.file_records import FileRecords
-from sentinel.merge import merge_sources
-from sentinel.schema import MergeConfig
-from sentinel.sources.yolo_dir import read_source
+from sentinel.config.schema import MergeConfig
+from sentinel.dataset.file_records import FileRecords
+from sentinel.dataset.merge import merge_sources
+from sentinel.dataset.sources.yolo_dir import read_source
 
 
 def merge_cfg(**overrides):
@@ -187,12 +187,14 @@ def test_a_damaged_record_is_ignored_and_files_are_read_again(sources, tmp_path,
 
 def test_worker_processes_build_what_threads_build_and_fill_the_record(sources, tmp_path, monkeypatch):
     """Big builds check their images in worker processes; the dataset, report and record are the same."""
-    import sentinel.merge
+    import sentinel.dataset.merge
 
     threads = merge(sources, tmp_path / "threads", workers=2)
-    monkeypatch.setattr(sentinel.merge, "PROCESS_POOL_MIN_ITEMS", 1)
-    pools, real_pool = [], sentinel.merge.ProcessPoolExecutor
-    monkeypatch.setattr(sentinel.merge, "ProcessPoolExecutor", lambda *a, **k: pools.append(1) or real_pool(*a, **k))
+    monkeypatch.setattr(sentinel.dataset.merge, "PROCESS_POOL_MIN_ITEMS", 1)
+    pools, real_pool = [], sentinel.dataset.merge.ProcessPoolExecutor
+    monkeypatch.setattr(
+        sentinel.dataset.merge, "ProcessPoolExecutor", lambda *a, **k: pools.append(1) or real_pool(*a, **k)
+    )
     processes = merge(sources, tmp_path / "processes", workers=2)
     assert pools == [1]
     assert labels_of(processes) == labels_of(threads)
@@ -214,15 +216,15 @@ def test_a_worker_process_that_dies_gives_one_clear_error(sources, tmp_path):
     script.write_text(
         "import sys\n"
         "from pathlib import Path\n"
-        "import sentinel.merge\n"
+        "import sentinel.dataset.merge\n"
         "from omegaconf import OmegaConf\n"
         "from sentinel.errors import SentinelError\n"
-        "from sentinel.schema import MergeConfig\n"
-        "from sentinel.sources.yolo_dir import read_source\n"
-        "sentinel.merge.PROCESS_POOL_MIN_ITEMS = 1\n"
+        "from sentinel.config.schema import MergeConfig\n"
+        "from sentinel.dataset.sources.yolo_dir import read_source\n"
+        "sentinel.dataset.merge.PROCESS_POOL_MIN_ITEMS = 1\n"
         "cfg = OmegaConf.merge(OmegaConf.structured(MergeConfig), {'workers': 2})\n"
         "try:\n"
-        "    sentinel.merge.merge_sources([read_source('a', Path(sys.argv[1]))], cfg, Path(sys.argv[2]))\n"
+        "    sentinel.dataset.merge.merge_sources([read_source('a', Path(sys.argv[1]))], cfg, Path(sys.argv[2]))\n"
         "except SentinelError as error:\n"
         "    print('ERROR:', error)\n"
         "    sys.exit(1)\n"

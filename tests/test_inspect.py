@@ -16,7 +16,7 @@ from PIL import Image
 
 from builders import make_source
 from conftest import REPO, free_port, kill_process_tree, run_train
-from sentinel.inspection import PREDICTED, TRUTH
+from sentinel.stages.inspection import PREDICTED, TRUTH
 
 pytestmark = pytest.mark.slow
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sentinel.labels import parse_label_file, parse_line
+from sentinel.dataset.labels import parse_label_file, parse_line
 
 LINES = [
     ("valid", "1 0.5 0.5 0.2 0.3", (1, 0.5, 0.5, 0.2, 0.3), None),

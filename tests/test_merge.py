@@ -14,13 +14,13 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-import sentinel.merge
+import sentinel.dataset.merge
 from builders import jpeg_bytes, make_source, png_bytes, tree_digest
+from sentinel.config.schema import MergeConfig
+from sentinel.dataset.merge import merge_sources
+from sentinel.dataset.sources.yolo_dir import read_source
 from sentinel.errors import ConfigError, SentinelError
-from sentinel.faults import KILL_ENV
-from sentinel.merge import merge_sources
-from sentinel.schema import MergeConfig
-from sentinel.sources.yolo_dir import read_source
+from sentinel.runtime.faults import KILL_ENV
 
 
 def merge_cfg(**overrides):
@@ -86,7 +86,7 @@ def test_images_are_hard_links_and_nothing_is_copied(three_sources, tmp_path):
 def test_the_cyclic_collector_is_off_during_a_build_and_back_after_it_even_after_an_error(
     three_sources, tmp_path, monkeypatch
 ):
-    seen, real_build = [], sentinel.merge.build_merged
+    seen, real_build = [], sentinel.dataset.merge.build_merged
 
     def build(*args, fail=False):
         seen.append(gc.isenabled())
@@ -94,15 +94,15 @@ def test_the_cyclic_collector_is_off_during_a_build_and_back_after_it_even_after
             raise RuntimeError("build failed")
         return real_build(*args)
 
-    monkeypatch.setattr(sentinel.merge, "build_merged", build)
+    monkeypatch.setattr(sentinel.dataset.merge, "build_merged", build)
     assert gc.isenabled()
     merge_sources(three_sources, merge_cfg(), tmp_path / "d")
     assert seen == [False] and gc.isenabled()
-    monkeypatch.setattr(sentinel.merge, "build_merged", lambda *args: build(*args, fail=True))
+    monkeypatch.setattr(sentinel.dataset.merge, "build_merged", lambda *args: build(*args, fail=True))
     with pytest.raises(RuntimeError, match="build failed"):
         merge_sources(three_sources, merge_cfg(exclude=["knife"]), tmp_path / "d")
     assert seen == [False, False] and gc.isenabled()
-    monkeypatch.setattr(sentinel.merge, "build_merged", build)
+    monkeypatch.setattr(sentinel.dataset.merge, "build_merged", build)
     gc.disable()  # a caller that turned it off itself keeps it off
     try:
         merge_sources(three_sources, merge_cfg(), tmp_path / "d2")
@@ -268,7 +268,7 @@ def test_unchanged_inputs_are_a_cache_hit_and_changes_rebuild(three_sources, tmp
 PRELOAD_SCRIPT = """
 import sys
 from concurrent.futures import ProcessPoolExecutor
-from sentinel.merge import _forkserver_context
+from sentinel.dataset.merge import _forkserver_context
 def decoder_loaded():
     return "cv2" in sys.modules
 if __name__ == "__main__":
@@ -291,18 +291,18 @@ KILL_SCRIPT = """
 import sys
 from pathlib import Path
 from omegaconf import OmegaConf
-import sentinel.merge
-from sentinel.merge import merge_sources
-from sentinel.schema import MergeConfig
-from sentinel.sources.yolo_dir import read_source
+import sentinel.dataset.merge
+from sentinel.dataset.merge import merge_sources
+from sentinel.config.schema import MergeConfig
+from sentinel.dataset.sources.yolo_dir import read_source
 if sys.argv[3] == "processes":
-    sentinel.merge.PROCESS_POOL_MIN_ITEMS = 1
-    real_pool = sentinel.merge.ProcessPoolExecutor
+    sentinel.dataset.merge.PROCESS_POOL_MIN_ITEMS = 1
+    real_pool = sentinel.dataset.merge.ProcessPoolExecutor
     def announced_pool(*args, **kwargs):
         pool = real_pool(*args, **kwargs)
         print("worker process pool started", flush=True)
         return pool
-    sentinel.merge.ProcessPoolExecutor = announced_pool
+    sentinel.dataset.merge.ProcessPoolExecutor = announced_pool
 merge_sources([read_source("big", Path(sys.argv[1]))], OmegaConf.structured(MergeConfig), Path(sys.argv[2]))
 """
 
@@ -319,7 +319,7 @@ KILL_POINTS = [
 @pytest.mark.slow
 @pytest.mark.parametrize(("point", "count", "pool"), KILL_POINTS, ids=[f"{p}:{n}:{w}" for p, n, w in KILL_POINTS])
 def test_kill_during_build_leaves_nothing_half_built_and_rerun_completes(tmp_path, point, count, pool):
-    # The build kills itself at a chosen point (sentinel.faults): early, middle and late batches of 25, and
+    # The build kills itself at a chosen point (sentinel.runtime.faults): early, middle and late batches of 25, and
     # after everything is written but before the rename. No sleep decides the moment. With worker processes
     # (big builds), the parent dies after folding in a batch, and its workers must not outlive it.
     source = make_source(tmp_path / "src" / "big", ["a"], {"train": files(1500, 7), "val": files(50, 8)})
@@ -398,9 +398,9 @@ def test_ultralytics_trains_one_epoch_on_the_merged_dataset(three_sources, messy
 
 
 def test_build_that_would_not_fit_is_refused_before_writing(three_sources, tmp_path, monkeypatch):
-    import sentinel.merge
+    import sentinel.dataset.merge
 
-    monkeypatch.setattr(sentinel.merge, "free_bytes", lambda folder: 10 * 2**20)
+    monkeypatch.setattr(sentinel.dataset.merge, "free_bytes", lambda folder: 10 * 2**20)
     with pytest.raises(SentinelError, match="only 10 MiB are free"):
         merge_sources(three_sources, merge_cfg(), tmp_path / "d")
     assert list((tmp_path / "d" / "merged").iterdir()) == [] or all(
@@ -412,9 +412,9 @@ CONCURRENT_SCRIPT = """
 import sys
 from pathlib import Path
 from omegaconf import OmegaConf
-from sentinel.merge import merge_sources
-from sentinel.schema import MergeConfig
-from sentinel.sources.yolo_dir import read_source
+from sentinel.dataset.merge import merge_sources
+from sentinel.config.schema import MergeConfig
+from sentinel.dataset.sources.yolo_dir import read_source
 result = merge_sources([read_source("big", Path(sys.argv[1]))], OmegaConf.structured(MergeConfig), Path(sys.argv[2]))
 print("HIT" if result.cache_hit else "BUILT", result.folder)
 """

@@ -14,12 +14,12 @@ from omegaconf import OmegaConf
 
 from builders import jpeg_bytes, make_source
 from fake_roboflow import FakeRoboflow, zip_folder
-from sentinel.atomic import is_complete
+from sentinel.config.schema import RoboflowSource
+from sentinel.dataset.sources import fetch_source, source_folder
+from sentinel.dataset.sources.roboflow import download_roboflow
 from sentinel.errors import SentinelError
-from sentinel.redaction import RedactingFilter
-from sentinel.schema import RoboflowSource
-from sentinel.sources import fetch_source, source_folder
-from sentinel.sources.roboflow import download_roboflow
+from sentinel.runtime.atomic import is_complete
+from sentinel.runtime.redaction import RedactingFilter
 
 KEY = "fake-rf-key-3b9c1d2e"
 WS, PROJECT, VERSION = "liteye-systems", "weapon-classification", 2
@@ -142,8 +142,8 @@ KILL_SCRIPT = """
 import sys
 from pathlib import Path
 from omegaconf import OmegaConf
-from sentinel.schema import RoboflowSource
-from sentinel.sources import fetch_source
+from sentinel.config.schema import RoboflowSource
+from sentinel.dataset.sources import fetch_source
 cfg = OmegaConf.merge(OmegaConf.structured(RoboflowSource), dict(workspace=sys.argv[1], project=sys.argv[2], version=2))
 fetch_source("guns", cfg, Path(sys.argv[3]))
 """

@@ -313,7 +313,7 @@ OPEN_STORE = """
 import sys, time
 from pathlib import Path
 from hydra import compose, initialize_config_dir
-from sentinel.schema import register_configs
+from sentinel.config.schema import register_configs
 from sentinel import tracking
 import mlflow.tracking  # imported before the wait, so the processes reach the store together
 

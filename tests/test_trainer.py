@@ -18,7 +18,7 @@ BUILD_BOTH = """
 import json, sys
 from ultralytics.utils import SETTINGS
 from ultralytics.models.yolo.detect import DetectionTrainer
-from sentinel.ultra import sentinel_trainer
+from sentinel.runtime.ultra import sentinel_trainer
 
 data, project = sys.argv[1], sys.argv[2]
 args = dict(model="yolov8n.yaml", data=data, epochs=1, imgsz=32, device="cpu", workers=0, project=project,
@@ -77,7 +77,7 @@ def test_ultralytics_mlflow_and_raytune_integrations_are_not_loaded_and_settings
 TRAIN_ONE_EPOCH = """
 import json, sys, torch
 from ultralytics import YOLO
-from sentinel.ultra import sentinel_trainer
+from sentinel.runtime.ultra import sentinel_trainer
 
 resumable, data, project = sys.argv[1] == "resumable", sys.argv[2], sys.argv[3]
 trainer = sentinel_trainer(resumable=resumable)(overrides=dict(
@@ -112,7 +112,7 @@ def test_a_trial_checkpoint_has_the_weights_without_the_optimizer_state(tmp_path
 # Ultralytics makes for plots and for the checkpoints' copy of results.csv happened, and what that copy holds.
 TRAIN_WITHOUT_PLOTS = """
 import json, sys, torch
-from sentinel.ultra import sentinel_trainer
+from sentinel.runtime.ultra import sentinel_trainer
 
 data, project = sys.argv[1], sys.argv[2]
 trainer = sentinel_trainer(resumable=False)(overrides=dict(
@@ -139,7 +139,7 @@ def test_a_training_without_plots_imports_neither_polars_nor_the_font_manager_an
 def test_the_font_check_is_skipped_only_when_asked_and_comes_back(tmp_path: Path):
     import ultralytics.data.utils as data_utils
 
-    from sentinel.ultra import font_check_skipped
+    from sentinel.runtime.ultra import font_check_skipped
 
     check_font = data_utils.check_font
     with font_check_skipped(False):
@@ -152,7 +152,7 @@ def test_the_font_check_is_skipped_only_when_asked_and_comes_back(tmp_path: Path
 def test_results_csv_values_are_typed_per_column_as_polars_does(tmp_path: Path):
     import polars as pl
 
-    from sentinel.ultra import read_results_csv
+    from sentinel.runtime.ultra import read_results_csv
 
     path = tmp_path / "results.csv"
     path.write_text("epoch,time,metrics/mAP50(B),val/box_loss,val/cls_loss\n1,1.5,0,nan,inf\n2,3,0,1.25,1e-05\n")

@@ -158,7 +158,7 @@ def test_same_seed_samples_the_same_trials(finished_run, tmp_path):
 # driver was still connected inside, and whether Ray and its processes were gone once it had left.
 SHUT_DOWN_MEANWHILE = """
 import json, sys, psutil, ray
-from sentinel.raycluster import ray_shutting_down
+from sentinel.runtime.raycluster import ray_shutting_down
 
 started = sys.argv[1] == "started"
 ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
@@ -200,7 +200,7 @@ def test_a_ray_the_search_started_has_shut_down_when_its_report_is_written(start
 START_LOCAL_RAY = """
 import json, ray
 from omegaconf import OmegaConf
-from sentinel.raycluster import connect_ray
+from sentinel.runtime.raycluster import connect_ray
 
 assert connect_ray(OmegaConf.create({"ray_address": "", "num_cpus": 1, "num_gpus": 0}))
 kinds = sorted(ray._private.worker._global_node.all_processes)

@@ -13,9 +13,9 @@ import pytest
 from omegaconf import OmegaConf
 
 from builders import jpeg_bytes, make_source, png_bytes, ultralytics_dataset
-from sentinel.merge import merge_sources
-from sentinel.schema import MergeConfig
-from sentinel.sources.yolo_dir import read_source
+from sentinel.config.schema import MergeConfig
+from sentinel.dataset.merge import merge_sources
+from sentinel.dataset.sources.yolo_dir import read_source
 
 
 def rotated_jpeg(seed: int) -> bytes:
@@ -140,9 +140,9 @@ def test_prep_without_exif_images_does_not_import_torch(tmp_path):
         "import sys\n"
         "from omegaconf import OmegaConf\n"
         "from pathlib import Path\n"
-        "from sentinel.merge import merge_sources\n"
-        "from sentinel.schema import MergeConfig\n"
-        "from sentinel.sources.yolo_dir import read_source\n"
+        "from sentinel.dataset.merge import merge_sources\n"
+        "from sentinel.config.schema import MergeConfig\n"
+        "from sentinel.dataset.sources.yolo_dir import read_source\n"
         "if __name__ == '__main__':\n"
         f"    r = merge_sources([read_source('a', Path({str(tmp_path / 'src' / 'a')!r}))], "
         f"OmegaConf.structured(MergeConfig), Path({str(tmp_path / 'd')!r}))\n"

@@ -7,13 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from sentinel.ultralytics_facts import RECORD_NAME, read_from_ultralytics, ultralytics_facts
+from sentinel.runtime.ultralytics_facts import RECORD_NAME, read_from_ultralytics, ultralytics_facts
 
 # In a fresh process: the facts, and whether getting them imported Ultralytics or torch.
 FACTS_IN_A_FRESH_PROCESS = """
 import json, sys
 from pathlib import Path
-from sentinel.ultralytics_facts import ultralytics_facts
+from sentinel.runtime.ultralytics_facts import ultralytics_facts
 facts = ultralytics_facts(Path(sys.argv[1]))
 imported = "torch" in sys.modules or "ultralytics" in sys.modules
 print("SEEN=" + json.dumps({"arguments": sorted(facts.arguments), "fractions": sorted(facts.fractions),

@@ -6,8 +6,8 @@ import pytest
 import yaml
 
 from builders import jpeg_bytes, make_source
+from sentinel.dataset.sources.yolo_dir import label_path_for, read_source
 from sentinel.errors import SentinelError
-from sentinel.sources.yolo_dir import label_path_for, read_source
 
 ONE = {"a.jpg": (jpeg_bytes(1), "0 0.5 0.5 0.1 0.1\n")}
 

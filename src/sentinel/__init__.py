@@ -7,6 +7,6 @@ torch, ultralytics, ray or fiftyone. Stage modules import those inside their fun
 __version__ = "0.1.0"
 
 # Registered on import: a Hydra job in a Ray worker resolves its config there without running train.py.
-from sentinel.resolvers import register_resolvers
+from sentinel.config.resolvers import register_resolvers
 
 register_resolvers()

@@ -1,0 +1,243 @@
+"""Dispatch on `mode`: one plain function per stage, each taking the config and the run folder.
+
+Stage modules are imported inside the functions that need them, so composing a config stays fast.
+mode=all runs every stage in one run folder and skips a stage whose result already exists for the same
+inputs (sentinel.runtime.runs keeps that index), so a rerun after a crash continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from sentinel.config.schema import Mode
+from sentinel.config.validate import validate
+from sentinel.dataset.merge import PrepFailed
+from sentinel.errors import ConfigError, Interrupted
+from sentinel.runtime.redaction import redact
+from sentinel.runtime.runs import (
+    refuse_other_settings,
+    run_finished,
+    run_folder_owned,
+    write_run_status,
+    write_text_atomic,
+)
+from sentinel.runtime.tracking import LOCAL_STORE, RERUN_RECORD, RUN_RECORD, Tracker, start_tracking, stop_tracking
+
+log = logging.getLogger(__name__)
+
+
+def run_prep(cfg: DictConfig, run_dir: Path) -> Any:
+    from sentinel.dataset.prepare import prep
+
+    return prep(cfg, run_dir)
+
+
+def run_tune(cfg: DictConfig, run_dir: Path) -> Any:
+    from sentinel.stages.tune.search import tune
+
+    return tune(cfg, run_dir)
+
+
+def run_finetune(cfg: DictConfig, run_dir: Path) -> Any:
+    from sentinel.stages.finetune import finetune
+
+    return finetune(cfg, run_dir)
+
+
+def run_export(cfg: DictConfig, run_dir: Path) -> Any:
+    from sentinel.stages.export import export
+
+    return export(cfg, run_dir)
+
+
+def run_evaluate(cfg: DictConfig, run_dir: Path) -> Any:
+    from sentinel.stages.evaluate import evaluate
+
+    return evaluate(cfg, run_dir)
+
+
+def run_inspect(cfg: DictConfig, run_dir: Path) -> Any:
+    from sentinel.stages.inspection import inspect
+
+    return inspect(cfg, run_dir)
+
+
+def run_doctor(cfg: DictConfig, run_dir: Path) -> Any:
+    from sentinel.stages.doctor import doctor
+
+    return doctor(cfg, run_dir)
+
+
+def run_compare(cfg: DictConfig, run_dir: Path) -> Any:
+    from sentinel.stages.compare import compare
+
+    return compare(cfg, run_dir, launch_dir())
+
+
+STAGES: dict[Mode, Callable[[DictConfig, Path], Any]] = {
+    Mode.doctor: run_doctor,
+    Mode.prep: run_prep,
+    Mode.tune: run_tune,
+    Mode.finetune: run_finetune,
+    Mode.export: run_export,
+    Mode.evaluate: run_evaluate,
+    Mode.compare: run_compare,
+    Mode.inspect: run_inspect,
+}
+
+
+def run_all(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """prep → tune → finetune (with this run's best values) → export → evaluate, skipping finished stages."""
+    from sentinel.model.card import copy_model_card, read_training, write_model_card
+    from sentinel.stages.evaluate import evaluate
+    from sentinel.stages.export import export
+    from sentinel.stages.finetune import finetune
+    from sentinel.stages.tune.search import tune
+
+    results: dict[str, Any] = {"prep": run_prep(cfg, run_dir)}
+    results["tune"] = tune(cfg, run_dir, skip_if_done=True)
+    results["finetune"] = finetune(cfg, run_dir, hparams_run=run_dir, skip_if_done=True)
+    weights = results["finetune"].weights
+    results["export"] = export(cfg, run_dir, weights=weights, skip_if_done=True)
+    results["evaluate"] = evaluate(cfg, run_dir, weights=weights, skip_if_done=True)
+    card = read_training(results["finetune"].args_file) if results["finetune"].args_file else {}
+    write_model_card(cfg, weights.parent, weights, card, results["evaluate"].metrics)  # now with its scores
+    copy_model_card(weights.parent, run_dir / "export")
+    return results
+
+
+def run_mode(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """Validate the config, take the run folder (one live run; a finished one keeps its settings), save the
+    config resolved in it, and run the selected mode."""
+    validate(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with run_folder_owned(run_dir):
+        refuse_other_settings(run_dir, OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
+        return run_in_folder(cfg, run_dir)
+
+
+def run_in_folder(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    # A rerun in a folder whose run finished (same settings: refuse_other_settings) may only add to it: if it
+    # fails, the folder still says what the finished run did.
+    kept = run_finished(run_dir)
+    write_text_atomic(run_dir / "config_resolved.yaml", redact(OmegaConf.to_yaml(cfg, resolve=True)))
+    mode = Mode(cfg.mode)
+    log.info("mode=%s, run folder %s", mode.value, run_dir)
+    tracker = open_tracking(cfg, run_dir, mode, RERUN_RECORD if kept else RUN_RECORD)
+    if not kept:
+        write_run_status(run_dir, mode.value, "RUNNING")
+    try:
+        results = run_all(cfg, run_dir) if mode is Mode.all else {mode.value: STAGES[mode](cfg, run_dir)}
+    except PrepFailed as failed:  # what was skipped, and why, is worth most when nothing was left
+        from sentinel.dataset.report import write_report
+
+        if not kept:
+            write_report(failed.report, run_dir, [], failed.report["classes"]["names"], 0)
+        end_tracking(tracker, run_dir, mode, "FAILED", kept)
+        raise PrepFailed(f"{failed} (report: {run_dir / 'prep_report.md'})", failed.report) from None
+    except (KeyboardInterrupt, Interrupted):
+        end_tracking(tracker, run_dir, mode, "KILLED", kept)
+        raise
+    except BaseException:
+        end_tracking(tracker, run_dir, mode, "FAILED", kept)
+        raise
+    record_results(cfg, tracker, run_dir, results)
+    write_run_status(run_dir, mode.value, "FINISHED")
+    stop_tracking("FINISHED")
+    if kept and (run_dir / RERUN_RECORD).is_file():  # this rerun finished: the folder's record is now its
+        os.replace(run_dir / RERUN_RECORD, run_dir / RUN_RECORD)
+    print(summary(run_dir, results))
+    if tracker.run_id:
+        print(f"  {'tracking:':<10}MLflow run {tracker.run_id} ({tracking_hint(cfg)})")
+    if tracker.incomplete:
+        print(f"  {'':<10}not fully tracked: {tracker.incomplete}")
+    return results
+
+
+def open_tracking(cfg: DictConfig, run_dir: Path, mode: Mode, record: str) -> Tracker:
+    """This run's tracker. An unreachable server fails here, before any work, except in mode=doctor,
+    whose job is to report it next to every other problem."""
+    try:
+        return start_tracking(cfg, run_dir, launch_dir(), record)
+    except ConfigError as error:
+        if mode is not Mode.doctor:
+            raise
+        log.warning("doctor: not recorded in the tracking store: %s", error)
+        return Tracker()
+
+
+def end_tracking(tracker: Tracker, run_dir: Path, mode: Mode, status: str, kept: bool) -> None:
+    """A run that did not finish: what its folder holds (reports, logs) still goes to the tracker; the folder's
+    status says so unless it holds a finished run (`kept`)."""
+    if not kept:
+        write_run_status(run_dir, mode.value, status)
+    tracker.log_run_folder(run_dir)
+    stop_tracking(status)
+
+
+def launch_dir() -> Path:
+    """Where train.py was launched: relative paths (data_dir, outputs/) are relative to it."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return Path(HydraConfig.get().runtime.cwd) if HydraConfig.initialized() else Path.cwd()
+
+
+def record_results(cfg: DictConfig, tracker: Tracker, run_dir: Path, results: dict[str, Any]) -> None:
+    """The run folder as artefacts, and fine-tuned weights as a new registered model version."""
+    tracker.log_run_folder(run_dir)
+    finetuned = results.get("finetune")
+    if finetuned is None or finetuned.skipped or not cfg.tracking.register_model:
+        return  # weights reused from an earlier run were registered by that run
+    from sentinel.dataset.prepare import prepare_dataset  # this run's dataset: in memory since the stage used it
+
+    tags: dict[str, Any] = {"dataset": prepare_dataset(cfg).fingerprint, "hparams_from": finetuned.hparams_from}
+    if "evaluate" in results:
+        tags.update({f"test.{k}": round(v, 4) for k, v in results["evaluate"].metrics["means"].items()})
+    artifact = finetuned.weights.relative_to(run_dir).as_posix()  # log_run_folder keeps the folder's layout
+    tracker.register_model(Path(cfg.model.output_name).stem, artifact, tags)
+
+
+def tracking_hint(cfg: DictConfig) -> str:
+    if cfg.tracking.uri.strip():
+        return f"open {cfg.tracking.uri}"
+    return f"see it with: mlflow ui --backend-store-uri sqlite:///{launch_dir() / LOCAL_STORE}"
+
+
+def summary(run_dir: Path, results: dict[str, Any]) -> str:
+    """What a person wants at the end of a run: where everything is."""
+    lines = [f"Sentinel run folder: {run_dir}"]
+
+    def add(stage: str, text: str) -> None:
+        skipped = getattr(results[stage], "skipped", False) or getattr(results[stage], "cache_hit", False)
+        lines.append(f"  {stage + ':':<10}{text}{'  (already done: reused)' if skipped else ''}")
+
+    if "prep" in results:
+        add("prep", f"{results['prep'].dataset_yaml}; report {run_dir / 'prep_report.md'}")
+    if "tune" in results:
+        add(
+            "tune",
+            f"{run_dir / 'best_hparams.yaml'} (best {results['tune'].best_metric:.4f}); {run_dir / 'tune_report.md'}",
+        )
+    if "finetune" in results:
+        add("finetune", f"weights {results['finetune'].weights}")
+    if "export" in results:
+        add("export", ", ".join(str(p) for p in results["export"].files.values()))
+    if "evaluate" in results:
+        means = results["evaluate"].metrics["means"]
+        add("evaluate", f"mAP50-95 {means['map50-95']:.4f}, mAP50 {means['map50']:.4f}; {run_dir / 'metrics.md'}")
+    if "inspect" in results:
+        missed = sum(row["false_negatives"] for row in results["inspect"]["classes"])
+        alarms = sum(row["false_positives"] for row in results["inspect"]["classes"])
+        add("inspect", f"{missed} boxes missed, {alarms} false alarms; {run_dir / 'errors.md'}")
+        lines.append(f"{'':<12}{run_dir / 'missed.png'}, {run_dir / 'false_alarms.png'}")
+    if "compare" in results:
+        compared = results["compare"]
+        add("compare", f"{len(compared.runs)} runs, differing keys: {', '.join(compared.differing) or 'none'}")
+        lines.append(f"{'':<12}{compared.report}, {run_dir / 'compare.html'}, {run_dir / 'compare.png'}")
+    return "\n".join(lines)

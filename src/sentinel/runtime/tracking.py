@@ -1,0 +1,862 @@
+"""Experiment tracking: one MLflow run per Sentinel run, nested runs for tune trials, weights in the registry.
+
+`tracking=mlflow` (the default) logs to `tracking.uri`, or, when it is empty, to a local SQLite store
+`outputs/mlflow.db` with artefacts in `outputs/mlartifacts/` beside it, so nothing needs a server
+(`mlflow ui --backend-store-uri sqlite:///outputs/mlflow.db`). `tracking=none` logs nothing.
+
+- Everything goes through `MlflowClient` with an explicit run id, never MLflow's fluent "active run": the
+  fluent state is global, and Ultralytics' and Ray's integrations read and end it behind our back.
+- Ultralytics' own MLflow callback is switched off (sentinel.runtime.ultra.sentinel_trainer): it calls
+  `mlflow.autolog()` for the whole process, renames the experiment after `trainer.args.project` (our run
+  folder) and logs the weights folder a second time. Per-epoch metrics are logged here instead.
+- A server that does not answer is a start-up error naming `tracking.uri`, before any download or
+  training. Later, a failed logging call is a warning and tracking stops for the run: an hour of
+  training is never lost to a tracking server that went away (the run folder has every result).
+- The run's id is kept in the run folder (tracking.json), so rerunning in the same folder continues the
+  same MLflow run; a run whose process died (SIGKILL, power cut) is marked KILLED by the next start.
+- The MLflow work runs in a tracking service, a process of its own (ServiceTracker, sentinel.runtime.tracking_service):
+  train.py sends it each call and goes on; it waits for the service only at the end of the run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import pickle
+import re
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from enum import Enum
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import filelock
+from omegaconf import DictConfig, OmegaConf
+
+from sentinel.errors import ConfigError, SentinelError
+from sentinel.runtime.atomic import target_lock
+from sentinel.runtime.redaction import redact
+from sentinel.runtime.runs import read_json, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+LOCAL_STORE = Path("outputs") / "mlflow.db"  # relative to the launch folder, like Hydra's outputs/
+LOCAL_ARTIFACTS = Path("outputs") / "mlartifacts"
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+RUN_RECORD = "tracking.json"  # in the run folder: which MLflow run records it
+# A rerun in a folder whose run finished records itself here, and replaces tracking.json only once it has
+# finished too: a rerun that fails leaves the folder's record (and its MLflow run) as the finished run left it.
+RERUN_RECORD = ".tracking-rerun.json"
+MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
+BATCH = 100  # MLflow takes at most 100 params or tags (1000 metrics) per log_batch call
+# Logged as artefacts at the end of a run: everything in the run folder except Ray's trial folders (each
+# trial's weights; the best one is kept in tune/best_trial/), Ultralytics' last.pt (a resume point) and the
+# run folder's lock (sentinel.runtime.runs.RUN_LOCK) and a rerun's own tracking record (RERUN_RECORD above).
+SKIP_ARTIFACTS = ("ray_tune", "finetune/weights/last.pt", ".run.lock", ".tracking-rerun.json")
+
+
+def metric_name(name: str) -> str:
+    """A name MLflow accepts for a metric, param or tag, made in this one place.
+
+    MLflow takes only letters, digits, `_ - . / :` and spaces, and no name that a path would normalise to
+    another (mlflow/utils/validation.py). Parentheses are dropped as Ultralytics' own MLflow logger does
+    (`metrics/mAP50-95(B)` → `metrics/mAP50-95B`); any other refused character (a class named `o'clock` or
+    `c++`) becomes `_`, and a path-like piece (`..`) is spelled out. What was renamed is kept as a tag.
+    """
+    safe = _REFUSED_IN_NAMES.sub("_", name.replace("(", "").replace(")", ""))
+    parts = [part if part not in ("", ".", "..") else part.replace(".", "_") or "_" for part in safe.split("/")]
+    return "/".join(parts)
+
+
+_REFUSED_IN_NAMES = re.compile(r"[^/\w.\- :]")
+
+
+def model_name(name: str) -> str:
+    """A registered model's name MLflow accepts: no `/` or `:` (`det:v2` → `det_v2`)."""
+    return name.replace("/", "_").replace(":", "_").strip() or "sentinel"
+
+
+def flatten(data: Any, prefix: str = "") -> dict[str, str]:
+    """A resolved config as Hydra's dotted keys (`model.imgsz`), each value a string MLflow accepts."""
+    if isinstance(data, Mapping) and data:
+        flat: dict[str, str] = {}
+        for key, value in data.items():
+            flat.update(flatten(value, f"{prefix}{key}."))
+        return flat
+    if isinstance(data, Enum):  # a schema's enum member: its value (`all`), as config_resolved.yaml writes it
+        data = data.value
+    text = json.dumps(data) if isinstance(data, (list, dict)) else str(data)
+    return {prefix.rstrip("."): redact(text)[:MAX_PARAM_CHARS]}
+
+
+class Tracker:
+    """Logs nothing: `tracking=none`, and what stages talk to before a run starts."""
+
+    run_id = ""
+    incomplete = ""  # after `end`: why the MLflow run misses something ("" when it holds everything)
+
+    def log_params(self, params: Mapping[str, Any]) -> None: ...
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None: ...
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None: ...
+
+    def log_artifact(self, path: Path, folder: str = "") -> None: ...
+
+    def log_run_folder(self, run_dir: Path) -> None: ...
+
+    def log_trials(self, rows: list[dict[str, Any]], params: list[str], best_trial: str) -> None: ...
+
+    def register_model(self, name: str, artifact: str, tags: Mapping[str, Any]) -> None: ...
+
+    def end(self, status: str) -> None: ...
+
+
+class MlflowTracker(Tracker):
+    """One MLflow run. A call that fails is one warning naming the store and the cause; logging stops for the
+    run, but its end is still recorded (FINISHED, FAILED or KILLED), and tracking.json says it is incomplete."""
+
+    def __init__(self, client: Any, run_id: str, experiment_id: str, record: Path, uri: str = "") -> None:
+        self.client, self.run_id, self.experiment_id, self.record = client, run_id, experiment_id, record
+        self.uri = uri
+        self.failed = False
+        self.problem = ""  # the first failure, for tracking.json and the summary
+        self.seconds = {"start": 0.0, "logging": 0.0}  # what tracking cost this run, kept in its RUN_RECORD
+        self.calls = 0
+        self.renamed: dict[str, str] = {}
+        self.failures = 0
+
+    def _call(self, what: str, function: Any, *args: Any, ending: bool = False, **kwargs: Any) -> Any:
+        if self.failed and not ending:
+            return None
+        started = time.perf_counter()
+        try:
+            return function(*args, **kwargs)
+        except Exception as error:  # a tracker that went away must not end the training
+            self.failures += 1
+            cause = redact(str(error)).splitlines()[0][:300] if str(error) else type(error).__name__
+            if not self.failed:
+                self.problem = f"{what} failed in {redact(self.uri)}: {cause}"
+                log.warning("tracking: %s; nothing more is logged for this run but its end", self.problem)
+            else:
+                log.warning("tracking: %s failed in %s: %s", what, redact(self.uri), cause)
+            self.failed = True
+            return None
+        finally:
+            self.seconds["logging"] += time.perf_counter() - started
+            self.calls += 1
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        existing = self._call("reading params", lambda: self.client.get_run(self.run_id).data.params) or {}
+        new = {self._name(k): redact(str(v))[:MAX_PARAM_CHARS] for k, v in params.items()}
+        changed = sorted(k for k, v in new.items() if k in existing and existing[k] != v)
+        if changed:  # a rerun in the same folder with other settings: MLflow keeps a param's first value
+            log.warning("tracking: params already logged with other values, kept as they were: %s", changed)
+        items = [Param(k, v) for k, v in new.items() if k not in existing]
+        for chunk in _chunks(items, BATCH):
+            self._call("logging params", self.client.log_batch, self.run_id, params=chunk)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        items = [RunTag(self._name(k), redact(str(v))[:MAX_PARAM_CHARS]) for k, v in tags.items() if v is not None]
+        for chunk in _chunks(items, BATCH):
+            self._call("setting tags", self.client.log_batch, self.run_id, tags=chunk)
+
+    def log_metrics(
+        self, metrics: Mapping[str, float], step: int | None = None, timestamp_ms: int | None = None
+    ) -> None:
+        from mlflow.entities import Metric
+
+        now = timestamp_ms or int(time.time() * 1000)
+        items = [Metric(self._name(k), _as_float(v), now, step or 0) for k, v in metrics.items() if _is_number(v)]
+        for chunk in _chunks(items, 1000):
+            self._call("logging metrics", self.client.log_batch, self.run_id, metrics=chunk)
+        self._tag_renamed()
+
+    def _name(self, name: str) -> str:
+        safe = metric_name(name)
+        if safe != name and "(" not in name:  # Ultralytics' `(B)` is dropped by convention, not recorded
+            self.renamed.setdefault(safe, name)
+        return safe
+
+    def _tag_renamed(self) -> None:
+        """Each name MLflow refused as it was, under the name it got: `sentinel.renamed.<name>` = the original."""
+        from mlflow.entities import RunTag
+
+        new, self.renamed = self.renamed, {}
+        items = [RunTag(metric_name(f"sentinel.renamed.{safe}"), original) for safe, original in new.items()]
+        for chunk in _chunks(items, BATCH):
+            self._call("setting tags", self.client.log_batch, self.run_id, tags=chunk)
+
+    def log_artifact(self, path: Path, folder: str = "") -> None:
+        self._call(f"logging {path}", self.client.log_artifact, self.run_id, str(path), folder or None)
+
+    def log_run_folder(self, run_dir: Path) -> None:
+        """Every file of the run folder (reports, plots, configs, metrics, weights, exports) but SKIP_ARTIFACTS."""
+        for path in sorted(p for p in run_dir.rglob("*") if p.is_file()):
+            relative = path.relative_to(run_dir).as_posix()
+            if any(relative == skip or relative.startswith(skip + "/") for skip in SKIP_ARTIFACTS):
+                continue
+            self.log_artifact(path, str(Path(relative).parent) if "/" in relative else "")
+
+    def log_trials(self, rows: list[dict[str, Any]], params: list[str], best_trial: str) -> None:
+        """One nested run per trial: sampled values, metrics per epoch (Ray's result.json), how it ended.
+
+        Logged by the driver from what Ray Tune collected, so trials on any node of a cluster end up in
+        the same tracking store as their search, with no tracking set-up on the workers.
+        """
+        from mlflow.entities import Metric, Param
+
+        existing = self._call("reading trials", self._trial_runs) or {}
+        for row in rows:
+            if row["trial"] in existing:  # a resumed search: logged by the earlier attempt
+                continue
+            ended = {"completed": "FINISHED", "stopped early": "FINISHED"}.get(row["ended"], "FAILED")
+            tags = {
+                "mlflow.parentRunId": self.run_id,
+                "mlflow.runName": row["trial"],
+                "sentinel.trial": row["trial"],
+                "sentinel.ended": "stopped by ASHA" if row["ended"] == "stopped early" else row["ended"],
+                "sentinel.best_trial": str(row["trial"] == best_trial).lower(),
+            }
+            run = self._call("creating a trial run", self.client.create_run, self.experiment_id, tags=tags)
+            if run is None:
+                return
+            metrics = [
+                Metric(metric_name(k), float(v), int(epoch["timestamp"] * 1000), int(epoch["training_iteration"]))
+                for epoch in _trial_epochs(Path(row["path"]))
+                for k, v in epoch.items()
+                if _is_number(v) and (k.startswith(("metrics/", "val/", "train/")) or k == "epoch")
+            ]
+            values = [Param(p, redact(str(row.get(p)))) for p in params]
+            for chunk in _chunks(metrics, 1000):
+                self._call("logging a trial", self.client.log_batch, run.info.run_id, metrics=chunk)
+            for chunk in _chunks(values, BATCH):
+                self._call("logging a trial", self.client.log_batch, run.info.run_id, params=chunk)
+            self._call("ending a trial run", self.client.set_terminated, run.info.run_id, ended)
+        self.set_tags({"sentinel.best_trial": best_trial})
+
+    def _trial_runs(self) -> dict[str, str]:
+        runs = self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{self.run_id}'", max_results=10000
+        )
+        return {r.data.tags.get("sentinel.trial", ""): r.info.run_id for r in runs}
+
+    def register_model(self, name: str, artifact: str, tags: Mapping[str, Any]) -> None:
+        """A new version of registered model `name` whose source is `artifact` (the weights' path in this run)."""
+        run = self._call("reading the run", self.client.get_run, self.run_id)
+        if run is None:
+            return
+        registered = model_name(name)  # model.output_name `det:v2.pt` → `det_v2`; the file name is a tag
+        self._call("registering the model", _ensure_registered_model, self.client, registered)
+        version = self._call(
+            "adding a model version",
+            self.client.create_model_version,
+            registered,
+            f"{run.info.artifact_uri}/{artifact}",
+            run_id=self.run_id,
+            tags={"sentinel.output_name": artifact, **{k: redact(str(v)) for k, v in tags.items()}},
+        )
+        if version is not None:
+            log.info("tracking: weights registered as model %r version %s", registered, version.version)
+
+    def end(self, status: str) -> None:
+        self._tag_renamed()
+        failures = self.failures
+        self._call("ending the run", self.client.set_terminated, self.run_id, status, ending=True)
+        ended = status if self.failures == failures else "not recorded"
+        spent = {k: round(v, 3) for k, v in self.seconds.items()}
+        log.info(
+            "tracking: %.2f s in MLflow (start %.2f s, %d logging calls %.2f s)",
+            sum(spent.values()),
+            spent["start"],
+            self.calls,
+            spent["logging"],
+        )
+        try:  # a figure for benchmarks/, never a reason to fail a finished run
+            record = {**read_json(self.record, "the tracking record"), "seconds": spent, "status": ended}
+            if self.problem:
+                record["incomplete"] = self.problem
+            write_json_atomic(self.record, record)
+        except (SentinelError, OSError) as error:
+            log.warning("tracking: could not add the time spent to %s: %s", self.record, error)
+
+
+_active: Tracker = Tracker()
+
+
+def active() -> Tracker:
+    """The tracker of the run in progress (logs nothing outside a run or with tracking=none)."""
+    return _active
+
+
+def start_tracking(cfg: DictConfig, run_dir: Path, launch_dir: Path, record: str = RUN_RECORD) -> Tracker:
+    """Start this run's tracking service, which opens (or continues) its MLflow run; a tracking server that
+    does not answer is a ConfigError here, before any work."""
+    global _active
+    if _plain(cfg.tracking.backend) == "none":
+        _active = Tracker()
+        return _active
+    uri = tracking_uri(cfg.tracking.uri, launch_dir)
+    check_reachable(uri, cfg.tracking.timeout_s)
+    spec = RunSpec(
+        uri=uri,
+        timeout_s=float(cfg.tracking.timeout_s),
+        experiment=experiment_name(cfg),
+        launch_dir=str(launch_dir),
+        run_dir=str(run_dir),
+        run_name=run_name(cfg, run_dir),
+        tags=run_tags(cfg, run_dir, launch_dir),
+        params=flatten(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)),  # `all`, not `Mode.all`
+        pid=os.getpid(),
+        log_file=_log_file(),
+        record=record,
+    )
+    _active = ServiceTracker.start(spec, run_dir / record)
+    return _active
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What the tracking service needs to open the run: plain values, computed in train.py's process
+    (where Hydra's config and choices are)."""
+
+    uri: str
+    timeout_s: float
+    experiment: str
+    launch_dir: str
+    run_dir: str
+    run_name: str
+    tags: dict[str, Any]
+    params: dict[str, str]
+    pid: int  # train.py's process: the run is its, and a dead one is KILLED (mark_dead_runs_killed)
+    log_file: str  # the run's log file, which the service writes to as well ("" when there is none)
+    record: str = RUN_RECORD  # where in the run folder the service records the run (RERUN_RECORD: see there)
+
+
+def open_mlflow_run(spec: RunSpec) -> MlflowTracker:
+    """In the tracking service: open the store, the experiment and the run (continued when the run folder's
+    tracking.json names one in the same store), and log the run's tags and params."""
+    started = time.perf_counter()
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")  # MLflow's default backs off for minutes
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(spec.timeout_s)))
+    from mlflow.tracking import MlflowClient
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # its database set-up lines are not for the console
+    uri, run_dir = spec.uri, Path(spec.run_dir)
+    with local_store_lock(uri, spec.timeout_s):
+        client = MlflowClient(tracking_uri=uri, registry_uri=uri)  # opens (and may create) the store
+        experiment_id = ensure_experiment(client, spec.experiment, uri, Path(spec.launch_dir))
+        if uri == tracking_uri("", Path(spec.launch_dir)):
+            follow_moved_project(Path(uri.removeprefix("sqlite:///")), Path(spec.launch_dir))
+    mark_dead_runs_killed(client, experiment_id, spec.pid)
+    run_id = previous_run_id(run_dir, uri, client)
+    if run_id:
+        client.update_run(run_id, status="RUNNING")
+        log.info("tracking: continuing MLflow run %s", run_id)
+    else:
+        run_id = client.create_run(experiment_id, run_name=spec.run_name).info.run_id
+    record = run_dir / spec.record
+    write_json_atomic(record, {"uri": redact(uri), "experiment_id": experiment_id, "run_id": run_id})
+    tracker = MlflowTracker(client, run_id, experiment_id, record, uri)
+    tracker.set_tags(spec.tags)
+    tracker.log_params(spec.params)
+    tracker.seconds["start"] = time.perf_counter() - started - tracker.seconds["logging"]
+    log.info("tracking: MLflow run %s in %s", run_id, redact(uri))
+    return tracker
+
+
+class ServiceTracker(Tracker):
+    """The tracker in train.py's process: each call goes, in order, to the run's tracking service
+    (`python -m sentinel.runtime.tracking_service`), which does the MLflow work beside the training.
+
+    Why a process of its own: importing MLflow and opening its store cost ~1.5 s of CPU before the first
+    epoch (profiled: MLflow's package import ~1 s, its SQLAlchemy store ~0.5 s) and a thread would hold the
+    same interpreter; the service does it on another core while train.py starts training, and a slow
+    tracking server delays no epoch. train.py waits for it only at the end (`end`), when it prints where
+    the run is. A service that dies is a warning and tracking stops, like a failed call.
+    """
+
+    def __init__(self, process: subprocess.Popen[bytes], record: Path, wait_s: float) -> None:
+        self.process, self.record, self.wait_s = process, record, wait_s
+        self.failed = False
+
+    @classmethod
+    def start(cls, spec: RunSpec, record: Path) -> ServiceTracker:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "sentinel.runtime.tracking_service"],
+            stdin=subprocess.PIPE,
+            start_new_session=True,  # Ctrl-C reaches train.py, which ends the run as KILLED through the service
+        )
+        tracker = cls(process, record, wait_s=max(120.0, 20 * spec.timeout_s))
+        tracker._send(spec)
+        return tracker
+
+    def _send(self, message: Any) -> None:
+        """The RunSpec first, then (method, args, kwargs) per call, pickled in order."""
+        if self.failed:
+            return
+        try:
+            pickle.dump(message, self.process.stdin)
+            self.process.stdin.flush()  # type: ignore[union-attr]
+        except (OSError, ValueError, pickle.PicklingError) as error:
+            self.failed = True
+            log.warning("tracking: the tracking service stopped, nothing more is logged for this run (%s)", error)
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        self._send(("log_params", (dict(params),), {}))
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        self._send(("set_tags", (dict(tags),), {}))
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        self._send(("log_metrics", (dict(metrics), step), {"timestamp_ms": int(time.time() * 1000)}))
+
+    def log_artifact(self, path: Path, folder: str = "") -> None:
+        self._send(("log_artifact", (path, folder), {}))
+
+    def log_run_folder(self, run_dir: Path) -> None:
+        self._send(("log_run_folder", (run_dir,), {}))
+
+    def log_trials(self, rows: list[dict[str, Any]], params: list[str], best_trial: str) -> None:
+        self._send(("log_trials", (rows, params, best_trial), {}))
+
+    def register_model(self, name: str, artifact: str, tags: Mapping[str, Any]) -> None:
+        self._send(("register_model", (name, artifact, dict(tags)), {}))
+
+    def end(self, status: str) -> None:
+        """Let the service finish what it was sent, then read the run's id from the run folder."""
+        started = time.perf_counter()
+        self._send(("end", (status,), {}))
+        with contextlib.suppress(OSError):
+            self.process.stdin.close()  # type: ignore[union-attr]
+        try:
+            self.process.wait(timeout=self.wait_s)
+        except subprocess.TimeoutExpired:
+            log.warning("tracking: the tracking service did not finish within %g s; stopped", self.wait_s)
+            self.process.kill()
+            self.process.wait()
+        if self.process.returncode != 0 and not self.failed:
+            self.failed = True
+            log.warning(
+                "tracking: the tracking service stopped (exit %s); the MLflow run may miss what came after",
+                self.process.returncode,
+            )
+        try:
+            record = read_json(self.record, "the tracking record") if self.record.is_file() else {}
+        except SentinelError as error:
+            log.warning("tracking: %s", error)
+            record = {}
+        self.run_id = str(record.get("run_id", ""))
+        self.incomplete = str(record.get("incomplete", ""))
+        if self.failed and not self.incomplete:
+            self.incomplete = "the tracking service stopped before the run's end (see train.log)"
+        if record.get("status") != status and self.run_id:
+            self.incomplete = self.incomplete or f"its end ({status}) could not be recorded"
+        if record:
+            waited = round(time.perf_counter() - started, 3)
+            seconds = {**record.get("seconds", {}), "train_py_waited": waited}
+            with contextlib.suppress(OSError):
+                write_json_atomic(self.record, {**record, "seconds": seconds})
+
+
+def _log_file() -> str:
+    """The run's log file (Hydra's file handler), which the tracking service appends to as well."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            return str(handler.baseFilename)
+    return ""
+
+
+def stop_tracking(status: str) -> None:
+    global _active
+    _active.end(status)
+    _active = Tracker()
+
+
+def tracking_uri(uri: str, launch_dir: Path) -> str:
+    """`tracking.uri`, or the local SQLite store under the launch folder's outputs/."""
+    if uri.strip():
+        return uri.strip()
+    store = launch_dir / LOCAL_STORE
+    store.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{store}"
+
+
+@contextlib.contextmanager
+def local_store_lock(uri: str, timeout_s: float) -> Iterator[None]:
+    """Hold a file lock beside a SQLite store while the first process to open it creates its tables.
+
+    MLflow creates and migrates a new SQLite store on first use, without a lock: two jobs of a parallel
+    sweep opening it at once fail with "table _alembic_tmp_metrics already exists". Later opens only read
+    the schema version, so the lock is held for milliseconds.
+    """
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    store = Path(uri.removeprefix("sqlite:///"))
+    wait_s = max(60.0, timeout_s)
+    try:
+        with target_lock(store, timeout_s=wait_s):
+            yield
+    except filelock.Timeout:
+        raise SentinelError(
+            f"tracking: waited {wait_s:g} s for another run to finish setting up the MLflow store {store} "
+            f"(lock file {store.parent / f'.{store.name}.lock'}); if no other run is starting, delete the lock file"
+        ) from None
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def check_local_store(uri: str) -> None:
+    """A local SQLite store must be a file SQLite can open and this process can write, or not exist yet.
+
+    MLflow retries a store it cannot open for about two minutes before it gives up, and then names no path.
+    """
+    if not uri.startswith("sqlite:///"):
+        return
+    store = Path(uri.removeprefix("sqlite:///"))
+    fix = "move it out of the way (a new store is made), set tracking.uri, or run with tracking=none"
+    if store.exists() and not store.is_file():
+        raise ConfigError("tracking.uri", f"the local MLflow store {store} is not a file", fix)
+    if store.is_file():
+        try:
+            with open(store, "rb") as handle:
+                header = handle.read(len(SQLITE_HEADER))
+        except OSError as error:
+            problem = f"cannot read the local MLflow store {store} ({error.strerror})"
+            raise ConfigError("tracking.uri", problem, fix) from None
+        if header and header != SQLITE_HEADER:
+            raise ConfigError("tracking.uri", f"{store} is not an SQLite database (damaged or another file)", fix)
+        if not os.access(store, os.W_OK) or not os.access(store.parent, os.W_OK):
+            raise ConfigError("tracking.uri", f"the local MLflow store {store} (or its folder) is read-only", fix)
+
+
+def check_reachable(uri: str, timeout_s: float) -> None:
+    """An HTTP tracking server must answer its /health endpoint now, not after an hour of training; a local
+    store must be one MLflow can use (check_local_store)."""
+    check_local_store(uri)
+    if not uri.startswith(("http://", "https://")):
+        return
+    import requests
+
+    try:
+        response = requests.get(uri.rstrip("/") + "/health", timeout=timeout_s)
+        response.raise_for_status()
+        probe = requests.get(uri.rstrip("/") + MLFLOW_PROBE, timeout=timeout_s, auth=_basic_auth())
+    except requests.RequestException as error:
+        raise ConfigError(
+            "tracking.uri",
+            f"no MLflow server answers at {redact(uri)} within {timeout_s:g} s ({type(error).__name__})",
+            "start the server (mlflow server --host 0.0.0.0 --port 5000), correct tracking.uri, "
+            "or run with tracking=none",
+        ) from None
+    if probe.status_code in (401, 403):
+        raise ConfigError(
+            "tracking.uri",
+            f"the MLflow server at {redact(uri)} refused the request (HTTP {probe.status_code})",
+            "export MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (MLflow reads them)",
+        )
+    if not _speaks_mlflow(probe):
+        kind = probe.headers.get("Content-Type", "no content type").split(";")[0]
+        raise ConfigError(
+            "tracking.uri",
+            f"{redact(uri)} answers, but not as an MLflow tracking server ({MLFLOW_PROBE}: HTTP "
+            f"{probe.status_code}, {kind})",
+            "give the address of an MLflow server (mlflow server --port 5000), or run with tracking=none",
+        )
+
+
+MLFLOW_PROBE = "/api/2.0/mlflow/experiments/get-by-name?experiment_name=Default"  # any MLflow answers in JSON
+
+
+def _speaks_mlflow(response: Any) -> bool:
+    """MLflow's REST API answers in JSON: the experiment, or an error with MLflow's error_code."""
+    try:
+        body = response.json()
+    except ValueError:
+        return False
+    return isinstance(body, dict) and ("experiment" in body or "error_code" in body)
+
+
+def _basic_auth() -> tuple[str, str] | None:
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    return (user, password) if user and password else None
+
+
+def experiment_name(cfg: DictConfig) -> str:
+    """`tracking.experiment`, else the `experiment` preset's name, else `sentinel`."""
+    if cfg.tracking.experiment.strip():
+        return cfg.tracking.experiment.strip()
+    return hydra_choice("experiment") or "sentinel"
+
+
+def ensure_experiment(client: Any, name: str, uri: str, launch_dir: Path) -> str:
+    """The experiment's id, creating it (with artefacts beside a local store, not in ./mlruns) if needed."""
+    found = client.get_experiment_by_name(name)
+    if found is not None and found.lifecycle_stage == "deleted":  # MLflow keeps the name, and refuses runs in it
+        raise SentinelError(
+            f"the MLflow experiment {name!r} in {redact(uri)} was deleted. Fix: restore it (mlflow experiments "
+            f"restore --experiment-id {found.experiment_id}) or record elsewhere (tracking.experiment=<another>)"
+        )
+    if found is None:
+        location = (launch_dir / LOCAL_ARTIFACTS).resolve().as_uri() if uri.startswith("sqlite:") else None
+        with contextlib.suppress(Exception):  # another process may create it between our two calls
+            client.create_experiment(name, artifact_location=location)
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise SentinelError(f"tracking: could not create the MLflow experiment {name!r} in {redact(uri)}")
+    if EXPERIMENT_KIND[0] not in found.tags:
+        # MLflow 3's UI opens an experiment without this tag on its GenAI (traces) overview; a detector's
+        # runs, metrics and models are "model training", so the UI opens on the runs table.
+        client.set_experiment_tag(found.experiment_id, *EXPERIMENT_KIND)
+    return found.experiment_id
+
+
+ARTIFACT_COLUMNS = (  # MLflow 3's SQL schema: where a local store keeps artefact locations
+    ("experiments", "artifact_location"),
+    ("runs", "artifact_uri"),
+    ("model_versions", "source"),
+    ("model_versions", "storage_location"),
+    ("logged_models", "artifact_location"),
+)
+
+
+def follow_moved_project(store: Path, launch_dir: Path) -> None:
+    """The default local store's artefact locations name the folder beside it, wherever the project now is.
+
+    MLflow keeps absolute artefact locations in the store; after `mv project elsewhere` every new run would
+    write its artefacts under the old path (made again), and the earlier runs' artefacts, moved with the
+    project, could not be found. MLflow has no call to change an experiment's location, so for Sentinel's own
+    default store (never a store the user named) the old prefix is replaced in place, under the store's lock.
+    """
+    import sqlite3
+
+    new = (launch_dir / LOCAL_ARTIFACTS).resolve().as_uri()
+    try:
+        with contextlib.closing(sqlite3.connect(store)) as db, db:
+            olds = {
+                location
+                for (location,) in db.execute("SELECT artifact_location FROM experiments")
+                if location and location.startswith("file://") and location.endswith("/outputs/mlartifacts")
+            } - {new}
+            for old in olds:
+                for table, column in ARTIFACT_COLUMNS:  # names from the constant above, never from input
+                    db.execute(
+                        f"UPDATE {table} SET {column} = ? || substr({column}, ?) WHERE substr({column}, 1, ?) = ?",
+                        (new, len(old) + 1, len(old), old),
+                    )
+                log.warning("tracking: the project moved from %s; the store's artefacts are now under %s", old, new)
+    except sqlite3.Error as error:
+        log.warning("tracking: could not point the store %s at its new folder: %s", store, error)
+
+
+def mark_dead_runs_killed(client: Any, experiment_id: str, own_pid: int) -> None:
+    """Runs of this machine still RUNNING whose process is gone (killed) are marked KILLED, not left running."""
+    host = socket.gethostname()
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"attributes.status = 'RUNNING' and tags.`sentinel.host` = '{host}'",
+        max_results=1000,
+    )
+    for run in runs:
+        pid = int(run.data.tags.get("sentinel.pid", "0") or 0)
+        if pid and pid != own_pid and not _process_alive(pid):
+            client.set_terminated(run.info.run_id, "KILLED")
+            log.info("tracking: MLflow run %s (process %s is gone) marked KILLED", run.info.run_id, pid)
+
+
+def previous_run_id(run_dir: Path, uri: str, client: Any) -> str:
+    """The MLflow run that already records this run folder on the same store, if any."""
+    record = run_dir / RUN_RECORD
+    if not record.is_file():
+        return ""
+    data = read_json(record, "tracking record")
+    if data.get("uri") != redact(uri):
+        return ""
+    try:
+        run = client.get_run(data["run_id"])
+    except Exception:
+        return ""
+    if run.info.status == "FINISHED":  # a finished run's record is never reopened: a rerun is a run of its own
+        return ""
+    return str(data["run_id"])
+
+
+def link_resumed_run(stage: str, folder: Path) -> None:
+    """A stage resumed from an earlier run folder: tag this run with that folder and its MLflow run."""
+    record = folder / RUN_RECORD
+    earlier = str(read_json(record, "tracking record").get("run_id", "")) if record.is_file() else ""
+    active().set_tags({f"sentinel.{stage}_resumed_from": str(folder), "sentinel.continues": earlier or None})
+
+
+def run_name(cfg: DictConfig, run_dir: Path) -> str:
+    return f"{_plain(cfg.mode)} {run_dir.parent.name}/{run_dir.name}"
+
+
+def run_tags(cfg: DictConfig, run_dir: Path, launch_dir: Path) -> dict[str, Any]:
+    """Mode, where the run lives, where its data came from, what code and libraries made it."""
+    tags: dict[str, Any] = {
+        "sentinel.mode": _plain(cfg.mode),
+        "sentinel.run_dir": str(run_dir),
+        "sentinel.host": socket.gethostname(),
+        "sentinel.pid": os.getpid(),
+        "sentinel.device": cfg.hardware.device,
+        "mlflow.source.name": "train.py",
+        **{f"sentinel.version.{name}": _version(name) for name in ("sentinel", "ultralytics", "torch", "mlflow")},
+        **source_tags(cfg),
+        **git_tags(launch_dir),
+        **sweep_tags(),
+    }
+    return tags
+
+
+def source_tags(cfg: DictConfig) -> dict[str, str]:
+    """Every source with what pins its version (the content fingerprint is the dataset tag, set by prep)."""
+    from sentinel.config.schema import source_pins
+
+    return {f"sentinel.source.{name}": f"{s.type} {json.dumps(source_pins(s))}" for name, s in cfg.datasets.items()}
+
+
+def git_tags(folder: Path) -> dict[str, str]:
+    """Commit and dirty flag of the launch folder when it is a git repository (MLflow's own tag names)."""
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        )
+        if commit.returncode != 0:
+            return {}
+        status = subprocess.run(
+            ["git", "-C", str(folder), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    return {"mlflow.source.git.commit": commit.stdout.strip(), "sentinel.git.dirty": str(bool(status.stdout.strip()))}
+
+
+def sweep_tags() -> dict[str, str]:
+    """In a multirun, the sweep folder and job number: every job is a run of the same experiment."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return {}
+    hydra_cfg = HydraConfig.get()
+    return {"sentinel.sweep_dir": str(Path(hydra_cfg.sweep.dir).resolve()), "sentinel.job_num": str(hydra_cfg.job.num)}
+
+
+def hydra_choice(group: str) -> str:
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return ""
+    return str(HydraConfig.get().runtime.choices.get(group) or "")
+
+
+def prep_metrics(report: Mapping[str, Any]) -> dict[str, float]:
+    """Prep's counts: totals, images and boxes per class and split, skips by reason, duplicates and leaks."""
+    metrics: dict[str, float] = {f"prep/{k}": v for k, v in report.get("totals", {}).items()}
+    for what in ("boxes", "images_per_class"):
+        for per_split in report.get(what, {}).values():
+            for split, per_class in per_split.items():
+                for name, count in per_class.items():
+                    key = f"prep/{what}/{split}/{name}"
+                    metrics[key] = metrics.get(key, 0) + count
+    for what in ("skipped_images", "skipped_label_lines"):
+        for per_split in report.get(what, {}).values():
+            for by_reason in per_split.values():
+                for reason, count in by_reason.items():
+                    key = f"prep/{what}/{reason}"
+                    metrics[key] = metrics.get(key, 0) + count
+    for key, value in report.get("duplicates", {}).items():
+        if _is_number(value):
+            metrics[f"prep/duplicates/{key}"] = value
+    return metrics
+
+
+def _trial_epochs(trial_dir: Path) -> Iterator[dict[str, Any]]:
+    result = trial_dir / "result.json"
+    if not result.is_file():
+        return
+    for line in result.read_text().splitlines():
+        if line.strip():
+            yield json.loads(line)
+
+
+def _ensure_registered_model(client: Any, name: str) -> None:
+    """Create registered model `name` unless it exists; another job of a sweep may create it meanwhile."""
+    from mlflow.exceptions import MlflowException
+
+    if _registered_model_exists(client, name):
+        return
+    try:
+        client.create_registered_model(name)
+    except MlflowException:
+        if not _registered_model_exists(client, name):
+            raise
+
+
+def _registered_model_exists(client: Any, name: str) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(name)
+        return True
+    except MlflowException:
+        return False
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _version(distribution: str) -> str:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _plain(value: Any) -> Any:
+    """An Enum config value (mode, backend) as its plain value."""
+    return getattr(value, "value", value)
+
+
+def _as_float(value: Any) -> float | None:
+    """A metric value as a float (numpy and torch scalars too), or None for text, flags and NaN."""
+    if isinstance(value, (bool, str)):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if number == number else None
+
+
+def _is_number(value: Any) -> bool:
+    return _as_float(value) is not None
+
+
+def _chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

@@ -1,0 +1,246 @@
+"""mode=compare: a report over earlier runs — the chosen metric per run, next to the config keys that differ.
+
+Runs come from the tracking store (tracking=mlflow: the finished top-level runs of every experiment, or of
+`compare.experiment`) or, with
+tracking=none, from the run folders under the launch folder's outputs/ and multirun/ (their
+config_resolved.yaml, prep_report.json and metrics.json). Select by `compare.experiment`, by
+`compare.sweep` (a multirun folder) and the newest `compare.runs`. Metric names are the tracking names
+(`test/map50-95`, `prep/boxes`, `tune/best_metric`, ...), the same whichever the source.
+
+Writes compare.md, compare.html and compare.png into the run folder.
+"""
+
+from __future__ import annotations
+
+import difflib
+import html
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from omegaconf import DictConfig
+
+from sentinel.errors import ConfigError, SentinelError
+from sentinel.runtime.redaction import redact
+from sentinel.runtime.runs import read_json, run_finished, save_figure_atomic, write_text_atomic
+from sentinel.runtime.tracking import (
+    LOCAL_ARTIFACTS,
+    check_local_store,
+    flatten,
+    local_store_lock,
+    prep_metrics,
+    tracking_uri,
+)
+
+log = logging.getLogger(__name__)
+
+RUN_ROOTS = ("outputs", "multirun")  # Hydra's default run and sweep folders, relative to the launch folder
+
+
+@dataclass(frozen=True)
+class ComparedRun:
+    name: str  # what the report calls it: the run folder relative to the launch folder, or the MLflow run name
+    started: float  # seconds since the epoch, to order runs newest first
+    params: dict[str, str]  # the resolved config with dotted keys
+    metrics: dict[str, float]
+
+
+@dataclass(frozen=True)
+class CompareResult:
+    runs: list[ComparedRun]
+    differing: list[str]
+    report: Path
+
+
+def compare(cfg: DictConfig, run_dir: Path, launch_dir: Path) -> CompareResult:
+    check_sweep(cfg.compare.sweep)
+    if cfg.tracking.backend == "mlflow":
+        runs, where = runs_from_store(cfg, launch_dir)
+    else:
+        runs, where = runs_from_folders(cfg, launch_dir)
+    runs = runs[: cfg.compare.runs]
+    if not runs:
+        raise SentinelError(
+            f"compare: no finished run in {where}. Fix: run a stage first (e.g. make demo), or widen compare.sweep"
+        )
+    metric = cfg.compare.metric
+    if not any(metric in r.metrics for r in runs):
+        known = sorted({k for r in runs for k in r.metrics})
+        close = difflib.get_close_matches(metric, known, n=1)
+        if close:
+            hint = f"did you mean {close[0]}?"
+        elif known:
+            hint = "use one of " + ", ".join(k for k in known if k.count("/") < 2)
+        else:
+            hint = f"the {len(runs)} newest finished run(s) in {where} recorded no metric; run prep or evaluate first"
+        raise ConfigError("compare.metric", f"no selected run has {metric!r}", hint)
+    differing = differing_keys(runs)
+    write_text_atomic(run_dir / "compare.md", compare_markdown(runs, differing, metric))
+    write_text_atomic(run_dir / "compare.html", compare_html(runs, differing, metric))
+    plot_metric(runs, metric, run_dir / "compare.png")
+    log.info("compare: %d runs, keys that differ: %s; %s", len(runs), ", ".join(differing) or "none", run_dir)
+    return CompareResult(runs, differing, run_dir / "compare.md")
+
+
+# --- where runs come from -------------------------------------------------------------------------------
+
+
+def check_sweep(sweep: str) -> None:
+    """compare.sweep, when given, is a multirun folder that exists and a path MLflow's filter can quote."""
+    if not sweep.strip():
+        return
+    folder = Path(sweep).expanduser().resolve()
+    if not folder.is_dir():
+        raise ConfigError("compare.sweep", f"{folder} is not a folder", "give a sweep folder: multirun/<date>/<time>")
+    if "'" in str(folder) and '"' in str(folder):
+        raise ConfigError("compare.sweep", f"{folder} holds both kinds of quote", "rename the folder")
+
+
+def quoted(value: str) -> str:
+    """A string value for MLflow's search filter: single quotes, or double where the value has a single one."""
+    return f'"{value}"' if "'" in value else f"'{value}'"
+
+
+def runs_from_store(cfg: DictConfig, launch_dir: Path) -> tuple[list[ComparedRun], str]:
+    """Finished top-level runs (no trial runs, no compare runs), newest first, and where they were looked for.
+
+    `compare.experiment` names one MLflow experiment; empty reads every experiment in the store, since each
+    `experiment=` preset records to an experiment of its own name (tracking.experiment_name): a plain
+    `mode=compare` after `make demo` must find the demo's runs.
+    """
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking_uri(cfg.tracking.uri, launch_dir)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        return [], f"{uri} (no store yet)"  # opening it would create it, racing this run's own tracking
+    check_local_store(uri)
+    client = MlflowClient(tracking_uri=uri)
+    name = cfg.compare.experiment.strip()
+    with local_store_lock(uri, cfg.tracking.timeout_s):  # this run's tracking service may be creating its tables
+        every = client.search_experiments()
+    experiments = [e for e in every if e.name == name] if name else every
+    if name and not experiments:
+        names = ", ".join(e.name for e in every) or "none"
+        raise ConfigError("compare.experiment", f"no experiment {name!r} in {redact(uri)}", f"use one of: {names}")
+    where = f"{redact(uri)}, experiment {name!r}" if name else f"{redact(uri)}, every experiment"
+    query = "attributes.status = 'FINISHED' and tags.`sentinel.mode` != 'compare'"
+    if cfg.compare.sweep.strip():
+        sweep = Path(cfg.compare.sweep).expanduser().resolve()
+        query += f" and tags.`sentinel.sweep_dir` = {quoted(str(sweep))}"
+        where += f", sweep {sweep}"
+    if not experiments:
+        return [], where
+    names = {e.experiment_id: e.name for e in experiments}
+    found = client.search_runs(
+        list(names), filter_string=query, order_by=["attributes.start_time DESC"], max_results=500
+    )
+    prefix = (lambda run: "") if name else (lambda run: f"{names[run.info.experiment_id]}: ")
+    runs = [
+        ComparedRun(
+            prefix(run) + (run.info.run_name or run.info.run_id),
+            run.info.start_time / 1000,
+            run.data.params,
+            run.data.metrics,
+        )
+        for run in found
+    ]
+    return runs, where
+
+
+def runs_from_folders(cfg: DictConfig, launch_dir: Path) -> tuple[list[ComparedRun], str]:
+    """Run folders (those with config_resolved.yaml) under outputs/ and multirun/, or the sweep folder."""
+    sweep = cfg.compare.sweep.strip()
+    roots = [Path(sweep).expanduser().resolve()] if sweep else [launch_dir / root for root in RUN_ROOTS]
+    where = " and ".join(str(root) for root in roots)
+    runs = []
+    store_copies = (launch_dir / LOCAL_ARTIFACTS).resolve()  # run folders logged as artefacts: not runs
+    for config_file in (f for root in roots if root.is_dir() for f in root.rglob("config_resolved.yaml")):
+        folder = config_file.parent
+        if folder.resolve().is_relative_to(store_copies):
+            continue
+        config = yaml.safe_load(config_file.read_text()) or {}
+        if config.get("mode") == "compare" or not (folder / "train.log").is_file() or not run_finished(folder):
+            continue
+        name = str(folder.relative_to(launch_dir)) if folder.is_relative_to(launch_dir) else str(folder)
+        runs.append(ComparedRun(name, config_file.stat().st_mtime, flatten(config), folder_metrics(folder)))
+    return sorted(runs, key=lambda r: r.started, reverse=True), where
+
+
+def folder_metrics(folder: Path) -> dict[str, float]:
+    """The tracking metrics a run folder records: prep counts, test table, best tune metric."""
+    from sentinel.model.scoring import tracked_metrics
+
+    metrics: dict[str, float] = {}
+    if (folder / "prep_report.json").is_file():
+        metrics.update(prep_metrics(read_json(folder / "prep_report.json", "prep report")))
+    if (folder / "metrics.json").is_file():
+        metrics.update(tracked_metrics(read_json(folder / "metrics.json", "metrics.json")))
+    if (folder / "tune_result.json").is_file():
+        best = read_json(folder / "tune_result.json", "tune result").get("best_metric")
+        if isinstance(best, (int, float)):
+            metrics["tune/best_metric"] = float(best)
+    return metrics
+
+
+# --- the report -----------------------------------------------------------------------------------------
+
+
+def differing_keys(runs: list[ComparedRun]) -> list[str]:
+    """Config keys whose value is not the same in every run (a key a run lacks counts as different)."""
+    keys = sorted({k for r in runs for k in r.params})
+    return [k for k in keys if len({r.params.get(k) for r in runs}) > 1]
+
+
+def _value(run: ComparedRun, metric: str) -> str:
+    value = run.metrics.get(metric)
+    if value is None or math.isnan(value):
+        return "—"
+    return str(int(value)) if float(value).is_integer() else f"{value:.4f}"
+
+
+def compare_markdown(runs: list[ComparedRun], differing: list[str], metric: str) -> str:
+    header = ["run", metric, *differing]
+    lines = [
+        f"# Compare: {len(runs)} runs by {metric}",
+        "",
+        f"Config keys that differ between these runs: {', '.join(f'`{k}`' for k in differing) or 'none'}.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    for run in runs:
+        cells = [run.name, _value(run, metric), *(run.params.get(k, "—") for k in differing)]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines) + "\n\n![metric per run](compare.png)\n"
+
+
+def compare_html(runs: list[ComparedRun], differing: list[str], metric: str) -> str:
+    def row(cells: list[str], tag: str) -> str:
+        return "<tr>" + "".join(f"<{tag}>{html.escape(c)}</{tag}>" for c in cells) + "</tr>"
+
+    body = [row(["run", metric, *differing], "th")]
+    body += [row([r.name, _value(r, metric), *(r.params.get(k, "—") for k in differing)], "td") for r in runs]
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>Sentinel compare</title>"
+        "<style>table{border-collapse:collapse}td,th{border:1px solid #999;padding:4px 8px}</style></head><body>"
+        f"<h1>{len(runs)} runs by {html.escape(metric)}</h1><table>{''.join(body)}</table>"
+        "<p><img src='compare.png' alt='metric per run'></p></body></html>\n"
+    )
+
+
+def plot_metric(runs: list[ComparedRun], metric: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [r for r in reversed(runs) if r.metrics.get(metric) is not None]  # oldest first, left to right
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(shown) + 2), 3.5))
+    ax.bar(range(len(shown)), [r.metrics[metric] for r in shown], color="#4477aa")
+    ax.set_xticks(range(len(shown)), [r.name for r in shown], rotation=45, ha="right", fontsize=7)
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric} per run")
+    fig.tight_layout()
+    save_figure_atomic(fig, path, dpi=110)
