@@ -1,6 +1,7 @@
 """mode=prep: fetch every selected source (cache first) and build one merged, validated YOLO dataset.
 
-Other stages call `prepare_dataset` too; with unchanged inputs it is a cache hit that does no work.
+Every stage of a run works on the run's `RunDataset`, which the pipeline makes and hands to each stage: built
+(or found in the cache) on first use, then the same for every stage, even if a source changes on disk meanwhile.
 """
 
 from __future__ import annotations
@@ -11,16 +12,15 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from sentinel.config.schema import source_pins
 from sentinel.dataset.merge import MergeResult, merge_sources
 from sentinel.dataset.report import draw_samples_from_dataset
 from sentinel.dataset.sources import fetch_source
 from sentinel.dataset.sources.yolo_dir import SourceData
-from sentinel.runtime.fingerprint import stable_hash
 from sentinel.runtime.runs import claim_run_folder, copy_file_atomic, write_json_atomic
-from sentinel.runtime.tracking import active, prep_metrics
+from sentinel.runtime.tracking import Tracker, prep_metrics
 
 log = logging.getLogger(__name__)
 
@@ -38,43 +38,40 @@ def data_dir_of(cfg: DictConfig) -> Path:
     return Path(cfg.data_dir).expanduser().resolve()
 
 
-# One merged dataset per process and dataset config: in mode=all every stage asks for it, and all stages
-# of a run must use the dataset the run started with, even if a source changes on disk meanwhile.
-_PREPARED: dict[str, MergeResult] = {}
-_SOURCES: dict[str, list[SourceData]] = {}
+class RunDataset:
+    """The merged dataset of one run, for cfg.datasets/cfg.merge: built, or found in the cache, when a stage
+    first asks (a config error found before that costs no build), then the same for every later stage.
 
+    The pipeline makes one per run and hands it to the stages that need data; nothing is kept at module level,
+    so two configs can run in one process.
+    """
 
-def dataset_key(cfg: DictConfig) -> str:
-    """What identifies a merged dataset within this process: the dataset settings and where data lives."""
-    dataset_cfg = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("datasets", "merge")}
-    return stable_hash({**dataset_cfg, "data_dir": str(data_dir_of(cfg))})
+    def __init__(self, cfg: DictConfig, tracker: Tracker) -> None:
+        self.cfg = cfg
+        self.tracker = tracker
+        self._merged: MergeResult | None = None
+        self._sources: list[SourceData] = []
 
+    def merged(self) -> MergeResult:
+        if self._merged is None:
+            data_dir = data_dir_of(self.cfg)
+            self._sources = [fetch_source(n, source_cfg, data_dir) for n, source_cfg in self.cfg.datasets.items()]
+            self._merged = merge_sources(self._sources, self.cfg.merge, data_dir)
+            self.tracker.set_tags({"sentinel.dataset": self._merged.fingerprint})
+        return self._merged
 
-def prepare_dataset(cfg: DictConfig) -> MergeResult:
-    """The merged dataset for cfg.datasets/cfg.merge: built, or found in the cache, once per process."""
-    data_dir = data_dir_of(cfg)
-    key = dataset_key(cfg)
-    if key not in _PREPARED:
-        sources = [fetch_source(name, source_cfg, data_dir) for name, source_cfg in cfg.datasets.items()]
-        _PREPARED[key] = merge_sources(sources, cfg.merge, data_dir)
-        _SOURCES[key] = sources
-    active().set_tags({"sentinel.dataset": _PREPARED[key].fingerprint})
-    return _PREPARED[key]
-
-
-def source_lineage(cfg: DictConfig) -> dict[str, dict[str, Any]]:
-    """Each source of the prepared dataset: type, what pins its version, its folder, its licence if it names one."""
-    prepare_dataset(cfg)
-    sources = _SOURCES[dataset_key(cfg)]
-    return {
-        source.name: {
-            "type": cfg.datasets[source.name].type,
-            "version": source_pins(cfg.datasets[source.name]),
-            "folder": str(source.yaml_path.parent),
-            "licence": licence_of(source.yaml_path),
+    def lineage(self) -> dict[str, dict[str, Any]]:
+        """Each source: type, what pins its version, its folder, its licence if it names one."""
+        self.merged()
+        return {
+            source.name: {
+                "type": self.cfg.datasets[source.name].type,
+                "version": source_pins(self.cfg.datasets[source.name]),
+                "folder": str(source.yaml_path.parent),
+                "licence": licence_of(source.yaml_path),
+            }
+            for source in self._sources
         }
-        for source in sources
-    }
 
 
 def licence_of(data_yaml: Path) -> str:
@@ -87,9 +84,9 @@ def licence_of(data_yaml: Path) -> str:
     return str(data.get("license") or data.get("licence") or nested.get("license") or "")
 
 
-def prep(cfg: DictConfig, run_dir: Path) -> PrepResult:
+def prep(cfg: DictConfig, run_dir: Path, dataset: RunDataset) -> PrepResult:
     """Build the merged dataset and put its report in the run folder."""
-    merged = prepare_dataset(cfg)
+    merged = dataset.merged()
     claim_run_folder(run_dir, "prep", merged.fingerprint)  # before its report replaces another dataset's
     copy_report(merged.folder / "report", run_dir)
     if cfg.merge.samples_grid > 0 and not (run_dir / "samples.png").is_file():
@@ -98,7 +95,7 @@ def prep(cfg: DictConfig, run_dir: Path) -> PrepResult:
     result = PrepResult(merged.dataset_yaml, merged.folder, merged.fingerprint, merged.cache_hit)
     fields = {k: str(v) if isinstance(v, Path) else v for k, v in result.__dict__.items()}
     write_json_atomic(run_dir / "prep_result.json", {**fields, "key": merged.fingerprint})
-    active().log_metrics(prep_metrics(merged.report))
+    dataset.tracker.log_metrics(prep_metrics(merged.report))
     totals = merged.report.get("totals", {})
     log.info(
         "prep: %s%s — %s images kept of %s, %s boxes, %s classes %s; report in %s",

@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from omegaconf import DictConfig
 
-from sentinel.dataset.prepare import prepare_dataset, source_lineage
+from sentinel.dataset.prepare import RunDataset
 from sentinel.runtime.applied import APPLIED_FILE, read_applied_file
 from sentinel.runtime.runs import copy_file_atomic, write_json_atomic, write_text_atomic
 
@@ -57,10 +56,10 @@ def known_limits(report: dict[str, Any], boxes: dict[str, dict[str, int]]) -> di
     }
 
 
-def build_card(cfg: DictConfig, weights: Path, training: dict[str, Any], metrics: dict[str, Any] | None) -> dict:
+def build_card(dataset: RunDataset, weights: Path, training: dict[str, Any], metrics: dict[str, Any] | None) -> dict:
     """The card as data; `training` is finetune_args.yaml, `metrics` metrics.json (None before evaluation)."""
-    merged = prepare_dataset(cfg)
-    report, sources = merged.report, source_lineage(cfg)
+    cfg, merged = dataset.cfg, dataset.merged()
+    report, sources = merged.report, dataset.lineage()
     boxes = boxes_per_split(report)
     tune_run = str(Path(training["hparams_from"]).parent) if training.get("hparams_from") else ""
     weights_sha256 = sha256_of(weights)
@@ -152,10 +151,10 @@ def _scores_section(scores: dict[str, Any] | None) -> list[str]:
 
 
 def write_model_card(
-    cfg: DictConfig, folder: Path, weights: Path, training: dict[str, Any], metrics: dict[str, Any] | None = None
+    dataset: RunDataset, folder: Path, weights: Path, training: dict[str, Any], metrics: dict[str, Any] | None = None
 ) -> None:
     """model_card.json and .md in `folder` (atomically, like every result file)."""
-    card = build_card(cfg, weights, training, metrics)
+    card = build_card(dataset, weights, training, metrics)
     write_json_atomic(folder / f"{CARD}.json", card)
     write_text_atomic(folder / f"{CARD}.md", card_markdown(card))
 

@@ -1,4 +1,5 @@
-"""Dispatch on `mode`: one plain function per stage, each taking the config and the run folder.
+"""Dispatch on `mode`: one plain function per stage, each taking the config, the run folder and what the
+run shares — its dataset (built on first use) and its tracker. The only module that knows every stage.
 
 Stage modules are imported inside the functions that need them, so composing a config stays fast.
 mode=all runs every stage in one run folder and skips a stage whose result already exists for the same
@@ -18,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from sentinel.config.schema import Mode
 from sentinel.config.validate import validate
 from sentinel.dataset.merge import PrepFailed
+from sentinel.dataset.prepare import RunDataset
 from sentinel.errors import ConfigError, Interrupted
 from sentinel.runtime.redaction import redact
 from sentinel.runtime.runs import (
@@ -27,60 +29,60 @@ from sentinel.runtime.runs import (
     write_run_status,
     write_text_atomic,
 )
-from sentinel.runtime.tracking import LOCAL_STORE, RERUN_RECORD, RUN_RECORD, Tracker, start_tracking, stop_tracking
+from sentinel.runtime.tracking import LOCAL_STORE, RERUN_RECORD, RUN_RECORD, Tracker, start_tracking
 
 log = logging.getLogger(__name__)
 
 
-def run_prep(cfg: DictConfig, run_dir: Path) -> Any:
+def run_prep(cfg: DictConfig, run_dir: Path, dataset: RunDataset, tracker: Tracker) -> Any:
     from sentinel.dataset.prepare import prep
 
-    return prep(cfg, run_dir)
+    return prep(cfg, run_dir, dataset)
 
 
-def run_tune(cfg: DictConfig, run_dir: Path) -> Any:
+def run_tune(cfg: DictConfig, run_dir: Path, dataset: RunDataset, tracker: Tracker) -> Any:
     from sentinel.stages.tune.search import tune
 
-    return tune(cfg, run_dir)
+    return tune(cfg, run_dir, dataset, tracker)
 
 
-def run_finetune(cfg: DictConfig, run_dir: Path) -> Any:
+def run_finetune(cfg: DictConfig, run_dir: Path, dataset: RunDataset, tracker: Tracker) -> Any:
     from sentinel.stages.finetune import finetune
 
-    return finetune(cfg, run_dir)
+    return finetune(cfg, run_dir, dataset, tracker)
 
 
-def run_export(cfg: DictConfig, run_dir: Path) -> Any:
+def run_export(cfg: DictConfig, run_dir: Path, dataset: RunDataset, tracker: Tracker) -> Any:
     from sentinel.stages.export import export
 
-    return export(cfg, run_dir)
+    return export(cfg, run_dir, dataset)
 
 
-def run_evaluate(cfg: DictConfig, run_dir: Path) -> Any:
+def run_evaluate(cfg: DictConfig, run_dir: Path, dataset: RunDataset, tracker: Tracker) -> Any:
     from sentinel.stages.evaluate import evaluate
 
-    return evaluate(cfg, run_dir)
+    return evaluate(cfg, run_dir, dataset, tracker)
 
 
-def run_inspect(cfg: DictConfig, run_dir: Path) -> Any:
+def run_inspect(cfg: DictConfig, run_dir: Path, dataset: RunDataset, tracker: Tracker) -> Any:
     from sentinel.stages.inspection import inspect
 
-    return inspect(cfg, run_dir)
+    return inspect(cfg, run_dir, dataset, tracker)
 
 
-def run_doctor(cfg: DictConfig, run_dir: Path) -> Any:
+def run_doctor(cfg: DictConfig, run_dir: Path, dataset: RunDataset, tracker: Tracker) -> Any:
     from sentinel.stages.doctor import doctor
 
     return doctor(cfg, run_dir)
 
 
-def run_compare(cfg: DictConfig, run_dir: Path) -> Any:
+def run_compare(cfg: DictConfig, run_dir: Path, dataset: RunDataset, tracker: Tracker) -> Any:
     from sentinel.stages.compare import compare
 
     return compare(cfg, run_dir, launch_dir())
 
 
-STAGES: dict[Mode, Callable[[DictConfig, Path], Any]] = {
+STAGES: dict[Mode, Callable[[DictConfig, Path, RunDataset, Tracker], Any]] = {
     Mode.doctor: run_doctor,
     Mode.prep: run_prep,
     Mode.tune: run_tune,
@@ -92,7 +94,7 @@ STAGES: dict[Mode, Callable[[DictConfig, Path], Any]] = {
 }
 
 
-def run_all(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+def run_all(cfg: DictConfig, run_dir: Path, dataset: RunDataset, tracker: Tracker) -> dict[str, Any]:
     """prep → tune → finetune (with this run's best values) → export → evaluate, skipping finished stages."""
     from sentinel.model.card import copy_model_card, read_training, write_model_card
     from sentinel.stages.evaluate import evaluate
@@ -100,14 +102,14 @@ def run_all(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     from sentinel.stages.finetune import finetune
     from sentinel.stages.tune.search import tune
 
-    results: dict[str, Any] = {"prep": run_prep(cfg, run_dir)}
-    results["tune"] = tune(cfg, run_dir, skip_if_done=True)
-    results["finetune"] = finetune(cfg, run_dir, hparams_run=run_dir, skip_if_done=True)
+    results: dict[str, Any] = {"prep": run_prep(cfg, run_dir, dataset, tracker)}
+    results["tune"] = tune(cfg, run_dir, dataset, tracker, skip_if_done=True)
+    results["finetune"] = finetune(cfg, run_dir, dataset, tracker, hparams_run=run_dir, skip_if_done=True)
     weights = results["finetune"].weights
-    results["export"] = export(cfg, run_dir, weights=weights, skip_if_done=True)
-    results["evaluate"] = evaluate(cfg, run_dir, weights=weights, skip_if_done=True)
+    results["export"] = export(cfg, run_dir, dataset, weights=weights, skip_if_done=True)
+    results["evaluate"] = evaluate(cfg, run_dir, dataset, tracker, weights=weights, skip_if_done=True)
     card = read_training(results["finetune"].args_file) if results["finetune"].args_file else {}
-    write_model_card(cfg, weights.parent, weights, card, results["evaluate"].metrics)  # now with its scores
+    write_model_card(dataset, weights.parent, weights, card, results["evaluate"].metrics)  # now with its scores
     copy_model_card(weights.parent, run_dir / "export")
     return results
 
@@ -133,7 +135,10 @@ def run_in_folder(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if not kept:
         write_run_status(run_dir, mode.value, "RUNNING")
     try:
-        results = run_all(cfg, run_dir) if mode is Mode.all else {mode.value: STAGES[mode](cfg, run_dir)}
+        dataset = RunDataset(cfg, tracker)
+        stage = run_all if mode is Mode.all else STAGES[mode]
+        results = stage(cfg, run_dir, dataset, tracker)
+        results = results if mode is Mode.all else {mode.value: results}
     except PrepFailed as failed:  # what was skipped, and why, is worth most when nothing was left
         from sentinel.dataset.report import write_report
 
@@ -147,9 +152,9 @@ def run_in_folder(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     except BaseException:
         end_tracking(tracker, run_dir, mode, "FAILED", kept)
         raise
-    record_results(cfg, tracker, run_dir, results)
+    record_results(cfg, tracker, run_dir, results, dataset)
     write_run_status(run_dir, mode.value, "FINISHED")
-    stop_tracking("FINISHED")
+    tracker.end("FINISHED")
     if kept and (run_dir / RERUN_RECORD).is_file():  # this rerun finished: the folder's record is now its
         os.replace(run_dir / RERUN_RECORD, run_dir / RUN_RECORD)
     print(summary(run_dir, results))
@@ -178,7 +183,7 @@ def end_tracking(tracker: Tracker, run_dir: Path, mode: Mode, status: str, kept:
     if not kept:
         write_run_status(run_dir, mode.value, status)
     tracker.log_run_folder(run_dir)
-    stop_tracking(status)
+    tracker.end(status)
 
 
 def launch_dir() -> Path:
@@ -188,15 +193,15 @@ def launch_dir() -> Path:
     return Path(HydraConfig.get().runtime.cwd) if HydraConfig.initialized() else Path.cwd()
 
 
-def record_results(cfg: DictConfig, tracker: Tracker, run_dir: Path, results: dict[str, Any]) -> None:
+def record_results(
+    cfg: DictConfig, tracker: Tracker, run_dir: Path, results: dict[str, Any], dataset: RunDataset
+) -> None:
     """The run folder as artefacts, and fine-tuned weights as a new registered model version."""
     tracker.log_run_folder(run_dir)
     finetuned = results.get("finetune")
     if finetuned is None or finetuned.skipped or not cfg.tracking.register_model:
         return  # weights reused from an earlier run were registered by that run
-    from sentinel.dataset.prepare import prepare_dataset  # this run's dataset: in memory since the stage used it
-
-    tags: dict[str, Any] = {"dataset": prepare_dataset(cfg).fingerprint, "hparams_from": finetuned.hparams_from}
+    tags: dict[str, Any] = {"dataset": dataset.merged().fingerprint, "hparams_from": finetuned.hparams_from}
     if "evaluate" in results:
         tags.update({f"test.{k}": round(v, 4) for k, v in results["evaluate"].metrics["means"].items()})
     artifact = finetuned.weights.relative_to(run_dir).as_posix()  # log_run_folder keeps the folder's layout

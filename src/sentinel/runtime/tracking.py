@@ -292,21 +292,12 @@ class MlflowTracker(Tracker):
             log.warning("tracking: could not add the time spent to %s: %s", self.record, error)
 
 
-_active: Tracker = Tracker()
-
-
-def active() -> Tracker:
-    """The tracker of the run in progress (logs nothing outside a run or with tracking=none)."""
-    return _active
-
-
 def start_tracking(cfg: DictConfig, run_dir: Path, launch_dir: Path, record: str = RUN_RECORD) -> Tracker:
     """Start this run's tracking service, which opens (or continues) its MLflow run; a tracking server that
-    does not answer is a ConfigError here, before any work."""
-    global _active
+    does not answer is a ConfigError here, before any work. The pipeline hands the tracker to each stage
+    (as Ultralytics hands its integrations to the trainer); `Tracker()` logs nothing (tracking=none)."""
     if _plain(cfg.tracking.backend) == "none":
-        _active = Tracker()
-        return _active
+        return Tracker()
     uri = tracking_uri(cfg.tracking.uri, launch_dir)
     check_reachable(uri, cfg.tracking.timeout_s)
     spec = RunSpec(
@@ -322,8 +313,7 @@ def start_tracking(cfg: DictConfig, run_dir: Path, launch_dir: Path, record: str
         log_file=_log_file(),
         record=record,
     )
-    _active = ServiceTracker.start(spec, run_dir / record)
-    return _active
+    return ServiceTracker.start(spec, run_dir / record)
 
 
 @dataclass(frozen=True)
@@ -476,12 +466,6 @@ def _log_file() -> str:
         if isinstance(handler, logging.FileHandler):
             return str(handler.baseFilename)
     return ""
-
-
-def stop_tracking(status: str) -> None:
-    global _active
-    _active.end(status)
-    _active = Tracker()
 
 
 def tracking_uri(uri: str, launch_dir: Path) -> str:
@@ -694,11 +678,11 @@ def previous_run_id(run_dir: Path, uri: str, client: Any) -> str:
     return str(data["run_id"])
 
 
-def link_resumed_run(stage: str, folder: Path) -> None:
+def link_resumed_run(tracker: Tracker, stage: str, folder: Path) -> None:
     """A stage resumed from an earlier run folder: tag this run with that folder and its MLflow run."""
     record = folder / RUN_RECORD
     earlier = str(read_json(record, "tracking record").get("run_id", "")) if record.is_file() else ""
-    active().set_tags({f"sentinel.{stage}_resumed_from": str(folder), "sentinel.continues": earlier or None})
+    tracker.set_tags({f"sentinel.{stage}_resumed_from": str(folder), "sentinel.continues": earlier or None})
 
 
 def run_name(cfg: DictConfig, run_dir: Path) -> str:

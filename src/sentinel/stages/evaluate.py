@@ -12,7 +12,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from sentinel.dataset.prepare import data_dir_of, prepare_dataset
+from sentinel.dataset.prepare import RunDataset, data_dir_of
 from sentinel.dataset.sources.yolo_dir import class_names_of
 from sentinel.model.scoring import choose_split, tracked_metrics, val_args
 from sentinel.model.weights import resolve_weights, weights_key
@@ -27,7 +27,7 @@ from sentinel.runtime.runs import (
     resolve_result,
     write_text_atomic,
 )
-from sentinel.runtime.tracking import active
+from sentinel.runtime.tracking import Tracker
 from sentinel.runtime.ultra import check_device, load_yolo, provide_offline_font
 
 log = logging.getLogger(__name__)
@@ -43,9 +43,16 @@ class EvaluateResult:
     skipped: bool = False
 
 
-def evaluate(cfg: DictConfig, run_dir: Path, weights: Path | None = None, skip_if_done: bool = False) -> EvaluateResult:
+def evaluate(
+    cfg: DictConfig,
+    run_dir: Path,
+    dataset: RunDataset,
+    tracker: Tracker,
+    weights: Path | None = None,
+    skip_if_done: bool = False,
+) -> EvaluateResult:
     check_device(cfg.hardware.device)
-    merged = prepare_dataset(cfg)
+    merged = dataset.merged()
     data_dir = data_dir_of(cfg)
     weights = weights or resolve_weights(
         cfg.evaluate.weights, "evaluate.weights", data_dir, merged.fingerprint, class_names_of(merged.dataset_yaml)
@@ -57,7 +64,7 @@ def evaluate(cfg: DictConfig, run_dir: Path, weights: Path | None = None, skip_i
             link_or_copy(Path(done["run_dir"]) / name, run_dir / name)
         log.info("evaluate: skipped, done in %s", done["run_dir"])
         metrics = json.loads((run_dir / "metrics.json").read_text())
-        active().log_metrics(tracked_metrics(metrics))
+        tracker.log_metrics(tracked_metrics(metrics))
         return EvaluateResult(metrics, run_dir / "metrics.json", True)
     claim_run_folder(run_dir, "evaluate", key)
 
@@ -72,7 +79,7 @@ def evaluate(cfg: DictConfig, run_dir: Path, weights: Path | None = None, skip_i
         if (Path(results.save_dir) / name).is_file():
             copy_file_atomic(Path(results.save_dir) / name, run_dir / name)
     print(metrics_markdown(metrics))
-    active().log_metrics(tracked_metrics(metrics))
+    tracker.log_metrics(tracked_metrics(metrics))
     record_result(
         "evaluate",
         key,

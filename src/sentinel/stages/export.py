@@ -11,7 +11,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from sentinel.dataset.prepare import data_dir_of, prepare_dataset
+from sentinel.dataset.prepare import RunDataset, data_dir_of
 from sentinel.dataset.sources.yolo_dir import class_names_of
 from sentinel.errors import ConfigError, SentinelError
 from sentinel.model.card import copy_model_card
@@ -52,11 +52,13 @@ def check_formats(formats: list[str]) -> None:
             raise ConfigError("export.formats", f"format {fmt} needs {missing}", f"pip install {' '.join(missing)}")
 
 
-def export(cfg: DictConfig, run_dir: Path, weights: Path | None = None, skip_if_done: bool = False) -> ExportResult:
+def export(
+    cfg: DictConfig, run_dir: Path, dataset: RunDataset, weights: Path | None = None, skip_if_done: bool = False
+) -> ExportResult:
     formats = list(cfg.export.formats)
     check_formats(formats)
     data_dir = data_dir_of(cfg)
-    merged = prepare_dataset(cfg)
+    merged = dataset.merged()
     names = class_names_of(merged.dataset_yaml)
     weights = weights or resolve_weights(cfg.export.weights, "export.weights", data_dir, merged.fingerprint, names)
     device = export_device(cfg.hardware.device)

@@ -19,7 +19,7 @@ import yaml
 from omegaconf import DictConfig
 
 from sentinel.config.validate import REPLACED_BY_AUTO
-from sentinel.dataset.prepare import data_dir_of, prepare_dataset
+from sentinel.dataset.prepare import RunDataset, data_dir_of
 from sentinel.errors import ConfigError, SentinelError
 from sentinel.model.card import copy_model_card, read_training, write_model_card
 from sentinel.runtime.applied import APPLIED_FILE, AppliedCheck, read_applied_file
@@ -35,7 +35,7 @@ from sentinel.runtime.runs import (
     write_state,
     write_text_atomic,
 )
-from sentinel.runtime.tracking import active, link_resumed_run
+from sentinel.runtime.tracking import Tracker, link_resumed_run
 from sentinel.runtime.ultra import (
     check_device,
     check_weights_available,
@@ -121,12 +121,17 @@ def finetune_key(cfg: DictConfig, dataset: str, args: dict[str, Any]) -> str:
 
 
 def finetune(
-    cfg: DictConfig, run_dir: Path, hparams_run: Path | None = None, skip_if_done: bool = False
+    cfg: DictConfig,
+    run_dir: Path,
+    dataset: RunDataset,
+    tracker: Tracker,
+    hparams_run: Path | None = None,
+    skip_if_done: bool = False,
 ) -> FinetuneResult:
     """Fine-tune and save the final weights in the run folder (or reuse a finished identical run)."""
     check_weights_available(cfg.model.weights)
     check_device(cfg.hardware.device)
-    merged = prepare_dataset(cfg)
+    merged = dataset.merged()
     hparams, source = choose_hparams(cfg, merged.fingerprint, hparams_run)
     args = training_args(cfg, hparams)
     check_auto_optimizer(args, source)
@@ -160,14 +165,14 @@ def finetune(
     if cfg.finetune.resume and resume_from is None:
         log.info("finetune: nothing to resume for these inputs; starting fresh")
     write_state(run_dir, "finetune", key, "running", data_dir)
-    active().set_tags({"sentinel.hparams_from": source})
+    tracker.set_tags({"sentinel.hparams_from": source})
     if resume_from is not None:
-        link_resumed_run("finetune", resume_from)
-    best = train(cfg, merged.dataset_yaml, args, run_dir, resume_from)
+        link_resumed_run(tracker, "finetune", resume_from)
+    best = train(cfg, merged.dataset_yaml, args, run_dir, resume_from, tracker)
     applied = read_applied_file(run_dir / APPLIED_FILE)
-    active().log_params({f"applied.{key}": value for key, value in applied.items()})
+    tracker.log_params({f"applied.{key}": value for key, value in applied.items()})
     copy_file_atomic(best, target)
-    write_model_card(cfg, target.parent, target, read_training(run_dir / ARGS_FILE))
+    write_model_card(dataset, target.parent, target, read_training(run_dir / ARGS_FILE))
     write_state(run_dir, "finetune", key, "done", data_dir)
     if resume_from is not None:
         write_state(resume_from, "finetune", key, "done", data_dir, continued_in=str(run_dir))
@@ -184,16 +189,18 @@ def finetune(
     )
 
 
-def train(cfg: DictConfig, data_yaml: Path, args: dict[str, Any], run_dir: Path, resume_from: Path | None) -> Path:
+def train(
+    cfg: DictConfig, data_yaml: Path, args: dict[str, Any], run_dir: Path, resume_from: Path | None, tracker: Tracker
+) -> Path:
     """Run Ultralytics training (or resume it) and return the best weights it saved."""
     provide_offline_font()
     if resume_from is not None:
         last = resume_from / LAST
         log.info("finetune: resuming %s", last)
-        model = with_sentinel_callbacks(load_yolo(last))
+        model = with_sentinel_callbacks(load_yolo(last), tracker)
         model.train(resume=True, trainer=sentinel_trainer())
     else:
-        model = with_sentinel_callbacks(load_yolo(cfg.model.weights))
+        model = with_sentinel_callbacks(load_yolo(cfg.model.weights), tracker)
         AppliedCheck(args, run_dir / APPLIED_FILE).attach(model)  # fails on the first batch if a value is not used
         model.train(
             trainer=sentinel_trainer(),
@@ -213,9 +220,9 @@ def train(cfg: DictConfig, data_yaml: Path, args: dict[str, Any], run_dir: Path,
     return best
 
 
-def with_sentinel_callbacks(model: Any) -> Any:
+def with_sentinel_callbacks(model: Any, tracker: Tracker) -> Any:
     """Sentinel's per-epoch logging in (Ultralytics' own trackers stay out: sentinel.runtime.ultra.sentinel_trainer)."""
-    EpochLogger().attach(model)
+    EpochLogger(tracker).attach(model)
     return model
 
 
@@ -226,7 +233,8 @@ class EpochLogger:
     (trainer.final_eval, at step epochs+1); those are logged as `best/...`, not as one more epoch.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, tracker: Tracker) -> None:
+        self.tracker = tracker
         self.trained = False
 
     def on_train_epoch_end(self, trainer: Any) -> None:
@@ -234,12 +242,12 @@ class EpochLogger:
 
     def on_fit_epoch_end(self, trainer: Any) -> None:
         if not self.trained:
-            active().log_metrics({f"best/{k}": v for k, v in trainer.metrics.items()})
+            self.tracker.log_metrics({f"best/{k}": v for k, v in trainer.metrics.items()})
             return
         self.trained = False
         losses = trainer.label_loss_items(trainer.tloss, prefix="train")
         metrics = {**losses, **trainer.lr, **trainer.metrics}
-        active().log_metrics(metrics, step=trainer.epoch + 1)
+        self.tracker.log_metrics(metrics, step=trainer.epoch + 1)
         shown = ", ".join(f"{k} {float(metrics[k]):.4f}" for k in CONSOLE_METRICS if k in metrics)
         log.info("finetune: epoch %d/%d: %s", trainer.epoch + 1, trainer.epochs, shown)
 

@@ -31,7 +31,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from sentinel.dataset.prepare import data_dir_of, prepare_dataset
+from sentinel.dataset.prepare import RunDataset, data_dir_of
 from sentinel.dataset.report import tile_sheet
 from sentinel.dataset.sources.yolo_dir import class_names_of
 from sentinel.errors import SentinelError
@@ -40,7 +40,7 @@ from sentinel.model.weights import resolve_weights, weights_key
 from sentinel.runtime.fiftyone_db import import_fiftyone
 from sentinel.runtime.fingerprint import stable_hash
 from sentinel.runtime.runs import claim_run_folder, record_result, write_atomic, write_text_atomic
-from sentinel.runtime.tracking import active
+from sentinel.runtime.tracking import Tracker
 from sentinel.runtime.ultra import check_device, load_yolo, provide_offline_font
 
 log = logging.getLogger(__name__)
@@ -69,9 +69,9 @@ class ValPass:
     recall: dict[str, float]
 
 
-def inspect(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+def inspect(cfg: DictConfig, run_dir: Path, dataset: RunDataset, tracker: Tracker) -> dict[str, Any]:
     check_device(cfg.hardware.device)
-    merged = prepare_dataset(cfg)
+    merged = dataset.merged()
     names = class_names_of(merged.dataset_yaml)
     weights = resolve_weights(cfg.evaluate.weights, "evaluate.weights", data_dir_of(cfg), merged.fingerprint, names)
     split, note = choose_split(merged.dataset_yaml, cfg.evaluate.split)
@@ -96,7 +96,7 @@ def inspect(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         draw_gallery(dataset, "eval_fn", cfg.inspect.gallery, "missed boxes", run_dir / "missed.png")
         draw_gallery(dataset, "eval_fp", cfg.inspect.gallery, "false alarms", run_dir / "false_alarms.png")
         print(errors_markdown(errors))
-        active().log_metrics(tracked_errors(errors))
+        tracker.log_metrics(tracked_errors(errors))
         record_result("inspect", key, run_dir, data_dir_of(cfg), {"errors_json": str(run_dir / "errors.json")})
         if cfg.inspect.app:
             serve_app(fo, dataset, cfg.inspect)

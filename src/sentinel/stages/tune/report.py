@@ -19,7 +19,7 @@ from sentinel.errors import SentinelError
 from sentinel.runtime.applied import APPLIED_FILE, read_applied_file
 from sentinel.runtime.redaction import redact
 from sentinel.runtime.runs import save_figure_atomic, write_text_atomic
-from sentinel.runtime.tracking import active
+from sentinel.runtime.tracking import Tracker
 from sentinel.stages.tune.result import TuneResult
 
 
@@ -62,7 +62,12 @@ def trial_rows(grid: Any, cfg: DictConfig, trials_in: Path | None = None) -> lis
 
 
 def write_tune_outputs(
-    grid: Any, cfg: DictConfig, run_dir: Path, resumed_from: Path | None, trials_in: Path | None = None
+    grid: Any,
+    cfg: DictConfig,
+    run_dir: Path,
+    tracker: Tracker,
+    resumed_from: Path | None,
+    trials_in: Path | None = None,
 ) -> TuneResult:
     rows = trial_rows(grid, cfg, trials_in)
     finished = [r for r in rows if not math.isnan(r["best_metric"])]
@@ -87,8 +92,8 @@ def write_tune_outputs(
     plot_curves(rows, cfg.tune.metric, out / "metric_per_epoch.png")
     plot_params(finished, params, cfg.tune.metric, out / "metric_vs_params.png")
     write_text_atomic(run_dir / "tune_report.md", report_markdown(rows, best, cfg, weights, resumed_from))
-    active().log_trials(rows, params, best["trial"])
-    active().log_metrics({"tune/best_metric": best["best_metric"], "tune/trials": len(rows)})
+    tracker.log_trials(rows, params, best["trial"])
+    tracker.log_metrics({"tune/best_metric": best["best_metric"], "tune/trials": len(rows)})
     return TuneResult(run_dir, best_hparams, float(best["best_metric"]), len(rows), resumed_from)
 
 

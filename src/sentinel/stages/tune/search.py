@@ -27,7 +27,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -52,10 +52,13 @@ from sentinel.runtime.runs import (
     write_json_atomic,
     write_state,
 )
-from sentinel.runtime.tracking import link_resumed_run
+from sentinel.runtime.tracking import Tracker, link_resumed_run
 from sentinel.runtime.ultra import check_weights_available, fixed_training_args, sentinel_trainer
 from sentinel.runtime.ultralytics_facts import UltralyticsFacts, ultralytics_facts
 from sentinel.stages.tune.result import TuneResult
+
+if TYPE_CHECKING:
+    from sentinel.dataset.prepare import RunDataset
 
 log = logging.getLogger(__name__)
 
@@ -463,9 +466,11 @@ def unfinished_trials(experiment: Path, num_samples: int) -> list[str]:
     return unfinished
 
 
-def tune(cfg: DictConfig, run_dir: Path, skip_if_done: bool = False) -> TuneResult:
+def tune(
+    cfg: DictConfig, run_dir: Path, dataset: RunDataset, tracker: Tracker, skip_if_done: bool = False
+) -> TuneResult:
     """Run the search, write its record into the run folder, return the best hyperparameters."""
-    from sentinel.dataset.prepare import data_dir_of, prepare_dataset
+    from sentinel.dataset.prepare import data_dir_of
     from sentinel.runtime.runs import link_or_copy, lookup_result, record_result
     from sentinel.stages.tune.report import write_tune_outputs
 
@@ -478,7 +483,7 @@ def tune(cfg: DictConfig, run_dir: Path, skip_if_done: bool = False) -> TuneResu
     search_alg = make_search_alg(
         cfg.tune.search_alg, cfg.seed, cfg.tune.metric, cfg.tune.mode, cfg.hardware.max_concurrent_trials
     )
-    merged = prepare_dataset(cfg)
+    merged = dataset.merged()
     fingerprint = tune_fingerprint(cfg, merged.fingerprint)
     if skip_if_done and (done := lookup_result("tune", fingerprint, data_dir_of(cfg), needed=("best_hparams",))):
         for name in ("best_hparams.yaml", "tune_report.md"):
@@ -507,7 +512,7 @@ def tune(cfg: DictConfig, run_dir: Path, skip_if_done: bool = False) -> TuneResu
         raise
     write_state(run_dir, "tune", fingerprint, "running", data_dir, resumed_from=str(resume_from or ""))
     if resume_from is not None:
-        link_resumed_run("tune", resume_from)
+        link_resumed_run(tracker, "tune", resume_from)
     try:
         grid = run_search(cfg, merged.dataset_yaml, storage, resume_from, search_alg)
         if started_ray and not cfg.hardware.ray_address.strip():
@@ -523,7 +528,8 @@ def tune(cfg: DictConfig, run_dir: Path, skip_if_done: bool = False) -> TuneResu
                 "Fix: continue it with tune.resume=latest (same inputs) or tune.resume=" + str(resume_from or run_dir)
             )
         with ray_shutting_down(started_ray):  # the report needs no Ray; Ray's shutdown is mostly a wait
-            result = write_tune_outputs(grid, cfg, run_dir, resume_from, experiment if storage.remote else None)
+            trials_in = experiment if storage.remote else None
+            result = write_tune_outputs(grid, cfg, run_dir, tracker, resume_from, trials_in)
         record_result(
             "tune",
             fingerprint,
