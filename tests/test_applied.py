@@ -43,8 +43,8 @@ def dataset(tmp_path_factory) -> Path:
 
 
 def trial_args(data_dir: Path, **overrides) -> dict:
-    """A default-config trial's fixed arguments (sentinel.stages.tune.search.trial_fixed_args) at small sizes."""
-    from sentinel.stages.tune.search import trial_fixed_args
+    """A default-config trial's fixed arguments (tune.trial.trial_fixed_args) at small sizes."""
+    from sentinel.stages.tune.trial import trial_fixed_args
 
     cfg = composed(data_dir, "model=yolov8n_scratch", "model.imgsz=32", "model.batch=4", f"tune.epochs={TRIAL_EPOCHS}")
     return {**trial_fixed_args(cfg), **overrides}
@@ -54,7 +54,7 @@ def trial_args(data_dir: Path, **overrides) -> dict:
 def two_ends(dataset, tmp_path_factory):
     """A dry build at both probes of the default search space (search.space_probes), and of class weights."""
     from sentinel.runtime.applied import dry_build
-    from sentinel.stages.tune.search import space_probes
+    from sentinel.stages.tune.space import space_probes
 
     folder = tmp_path_factory.mktemp("ends")
     ends = space_probes(composed(folder, "search_space=default").search_space)
@@ -131,7 +131,7 @@ def test_a_search_over_a_value_that_would_not_act_fails_before_it_starts(dataset
 
 
 def test_a_trial_closes_mosaic_for_the_fine_tunes_share_of_its_epochs_never_from_the_first():
-    from sentinel.stages.tune.search import trial_close_mosaic
+    from sentinel.stages.tune.trial import trial_close_mosaic
 
     assert trial_close_mosaic(10, 40, 3) == 1  # the demo: mosaic in 2 of 3 epochs, then a clean one
     assert trial_close_mosaic(10, 100, 10) == 1
