@@ -782,26 +782,17 @@ def _trial_epochs(trial_dir: Path) -> Iterator[dict[str, Any]]:
 
 
 def _ensure_registered_model(client: Any, name: str) -> None:
-    """Create registered model `name` unless it exists; another job of a sweep may create it meanwhile."""
+    """Create registered model `name`; one that exists already (another job of a sweep may create it meanwhile)
+    is fine. This is what mlflow.register_model does before it adds a version; that function itself cannot be
+    used: for a runs:/ URI it wants an MLflow model (an MLmodel file), and our weights are a plain .pt file."""
     from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import ALREADY_EXISTS, RESOURCE_ALREADY_EXISTS, ErrorCode
 
-    if _registered_model_exists(client, name):
-        return
     try:
         client.create_registered_model(name)
-    except MlflowException:
-        if not _registered_model_exists(client, name):
+    except MlflowException as error:
+        if error.error_code not in (ErrorCode.Name(RESOURCE_ALREADY_EXISTS), ErrorCode.Name(ALREADY_EXISTS)):
             raise
-
-
-def _registered_model_exists(client: Any, name: str) -> bool:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        client.get_registered_model(name)
-        return True
-    except MlflowException:
-        return False
 
 
 def _process_alive(pid: int) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import numbers
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,23 +91,26 @@ def evaluate(
     return EvaluateResult(metrics, run_dir / "metrics.json")
 
 
+# Ultralytics' per-class table (DetMetrics.summary, one row a class) under Sentinel's column names.
+SUMMARY_COLUMNS = {
+    "Images": "images",
+    "Instances": "instances",
+    "Box-P": "precision",
+    "Box-R": "recall",
+    "Box-F1": "f1",
+    "mAP50": "ap50",
+    "mAP75": "ap75",
+    "mAP50-95": "ap50-95",
+}
+
+
 def metrics_table(results: Any, split: str, note: str, weights: str) -> dict[str, Any]:
-    """Per-class rows and means from Ultralytics' DetMetrics, as plain numbers."""
+    """Per-class rows (Ultralytics' own summary) and means from its DetMetrics, as plain numbers for JSON."""
+    classes = [
+        {"class": row["Class"], **{ours: _number(row[theirs]) for theirs, ours in SUMMARY_COLUMNS.items()}}
+        for row in results.summary(decimals=12)  # as measured, not rounded for display
+    ]
     box = results.box
-    classes = []
-    for i, class_id in enumerate(results.ap_class_index):
-        classes.append(
-            {
-                "class": results.names[int(class_id)],
-                "images": int(results.nt_per_image[class_id]),
-                "instances": int(results.nt_per_class[class_id]),
-                "precision": float(box.p[i]),
-                "recall": float(box.r[i]),
-                "f1": float(box.f1[i]),
-                "ap50": float(box.ap50[i]),
-                "ap50-95": float(box.ap[i]),
-            }
-        )
     means = {
         "mp": float(box.mp),
         "mr": float(box.mr),
@@ -115,6 +119,11 @@ def metrics_table(results: Any, split: str, note: str, weights: str) -> dict[str
         "map75": float(box.map75),
     }
     return {"split": split, "note": note, "weights": weights, "classes": classes, "means": means}
+
+
+def _number(value: Any) -> int | float:
+    """numpy's integers are not JSON; counts stay integers."""
+    return int(value) if isinstance(value, numbers.Integral) else float(value)
 
 
 def add_comparison(metrics: dict[str, Any], compare_to: str, data_dir: Path, dataset: str) -> None:

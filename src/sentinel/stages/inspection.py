@@ -219,37 +219,48 @@ def predictions(fo: Any, image: Predicted, names: list[str]) -> list[Any]:
 
 
 def find_errors(dataset: Any, names: list[str], iou: float, worst: int) -> dict[str, Any]:
-    """FiftyOne's COCO-style matching: per class TP/FP/FN (same class only), then the cross-class confusions."""
+    """FiftyOne's COCO-style matching, read from its own results: per class TP/FN/FP from the class-wise
+    evaluation's confusion matrix (its last row and column hold the unmatched boxes), the cross-class confusions
+    from the class-agnostic one's, and per image FiftyOne's eval_fn/eval_fp counts."""
     common = {"pred_field": "predictions", "gt_field": "ground_truth", "iou": iou, "progress": False}
     fiftyone_log = logging.getLogger("fiftyone")
     level = fiftyone_log.level
     fiftyone_log.setLevel(logging.WARNING)  # its "Evaluating detections..." twice per pass, on the console too
     try:
-        dataset.evaluate_detections(eval_key="eval", classwise=True, **common)
-        dataset.evaluate_detections(eval_key="cross", classwise=False, **common)
+        classwise = dataset.evaluate_detections(eval_key="eval", classwise=True, **common)
+        cross = dataset.evaluate_detections(eval_key="cross", classwise=False, **common)
     finally:
         fiftyone_log.setLevel(level)
-    counts = {n: {"instances": 0, "true_positives": 0, "false_negatives": 0, "false_positives": 0} for n in names}
-    confusions: dict[tuple[str, str], int] = {}
-    per_image = []
-    for sample in dataset.iter_samples():
-        truth = {d.id: d for d in sample.ground_truth.detections}
-        missed = []
-        for d in truth.values():
-            counts[d.label]["instances"] += 1
-            counts[d.label]["true_positives" if d.eval == "tp" else "false_negatives"] += d.eval in ("tp", "fn")
-            if d.eval == "fn":
-                missed.append(d.label)
-        for p in sample.predictions.detections:
-            if p.eval == "fp":
-                counts[p.label]["false_positives"] += 1
-            matched = truth.get(p.cross_id)  # class-agnostic match; FiftyOne marks it "fp" when labels differ
-            if matched is not None and matched.label != p.label:
-                confusions[(matched.label, p.label)] = confusions.get((matched.label, p.label), 0) + 1
-        per_image.append(
-            {"image": sample.filepath, "false_negatives": sample.eval_fn, "false_positives": sample.eval_fp,
-             "missed": sorted(missed)}
-        )  # fmt: skip
+    matched = classwise.confusion_matrix(classes=names, include_missing=True)
+    unmatched = len(names)
+    counts = {
+        name: {
+            "instances": int(matched[i, i] + matched[i, unmatched]),
+            "true_positives": int(matched[i, i]),
+            "false_negatives": int(matched[i, unmatched]),
+            "false_positives": int(matched[unmatched, i]),
+        }
+        for i, name in enumerate(names)
+    }
+    across = cross.confusion_matrix(classes=names)
+    confusions = {
+        (actual, predicted): int(across[a, p])
+        for a, actual in enumerate(names)
+        for p, predicted in enumerate(names)
+        if a != p and across[a, p]
+    }
+    paths, fns, fps, labels, evals = dataset.values(
+        ["filepath", "eval_fn", "eval_fp", "ground_truth.detections.label", "ground_truth.detections.eval"]
+    )
+    per_image = [
+        {
+            "image": path,
+            "false_negatives": fn,
+            "false_positives": fp,
+            "missed": sorted(b for b, ended in zip(box_labels or [], box_evals or [], strict=True) if ended == "fn"),
+        }
+        for path, fn, fp, box_labels, box_evals in zip(paths, fns, fps, labels, evals, strict=True)
+    ]
     classes = []
     for name, c in counts.items():
         found, predicted = c["true_positives"], c["true_positives"] + c["false_positives"]

@@ -74,8 +74,7 @@ def write_tune_outputs(
     if not finished:
         first = next((r["_error"] for r in rows if r["_error"]), "no trial reported a metric")
         raise SentinelError(f"tune: every trial failed; first error: {first}. Trial logs: {run_dir}")
-    pick = max if cfg.tune.mode == "max" else min
-    best = pick(finished, key=lambda r: r["best_metric"])
+    best = best_row(grid, rows, cfg.tune.metric, cfg.tune.mode)
     params = list(cfg.search_space)
     best_hparams = {p: _plain(best[p]) for p in params}
 
@@ -95,6 +94,13 @@ def write_tune_outputs(
     tracker.log_trials(rows, params, best["trial"])
     tracker.log_metrics({"tune/best_metric": best["best_metric"], "tune/trials": len(rows)})
     return TuneResult(run_dir, best_hparams, float(best["best_metric"]), len(rows), resumed_from)
+
+
+def best_row(grid: Any, rows: list[dict[str, Any]], metric: str, mode: str) -> dict[str, Any]:
+    """The row of the trial Ray Tune picks as best: its best epoch over all of each trial's epochs (scope
+    "all"), as tune_report.md ranks them, not only each trial's last."""
+    best = grid.get_best_result(metric=metric, mode=mode, scope="all", filter_nan_and_inf=True)
+    return next(row for row in rows if row["trial"] == Path(best.path).name)
 
 
 def keep_best_weights(best: dict[str, Any], out: Path) -> Path | None:
