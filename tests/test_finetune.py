@@ -16,18 +16,7 @@ from conftest import kill_process_tree, run_train, start_train
 
 pytestmark = pytest.mark.slow
 
-TINY = [
-    "experiment=demo",
-    "model.imgsz=64",
-    "model.epochs=2",
-    "augmentation.close_mosaic=1",  # below model.epochs, or mosaic never acts (refused at start-up)
-    "model.patience=2",
-    "tune.epochs=2",
-    "tune.grace_period=1",
-    "tune.num_samples=2",
-    "hardware.num_cpus=2",
-    "merge.samples_grid=0",
-]
+TINY = ["experiment=tiny"]  # conf/experiment/tiny.yaml: the demo at 2 epochs, 2 trials
 
 
 def train(tmp_path: Path, *args: str, run: str | None = None) -> subprocess.CompletedProcess:

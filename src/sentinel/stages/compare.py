@@ -116,9 +116,11 @@ def runs_from_store(cfg: DictConfig, launch_dir: Path) -> tuple[list[ComparedRun
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         return [], f"{uri} (no store yet)"  # opening it would create it, racing this run's own tracking
     check_local_store(uri)
-    client = MlflowClient(tracking_uri=uri)
     name = cfg.compare.experiment.strip()
-    with local_store_lock(uri, cfg.tracking.timeout_s):  # this run's tracking service may be creating its tables
+    # This run's tracking service may be creating the store's tables, and MLflow's client opens (and migrates)
+    # the store when it is made, not at its first call: both under the lock.
+    with local_store_lock(uri, cfg.tracking.timeout_s):
+        client = MlflowClient(tracking_uri=uri)
         every = client.search_experiments()
     experiments = [e for e in every if e.name == name] if name else every
     if name and not experiments:
