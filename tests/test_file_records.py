@@ -187,13 +187,13 @@ def test_a_damaged_record_is_ignored_and_files_are_read_again(sources, tmp_path,
 
 def test_worker_processes_build_what_threads_build_and_fill_the_record(sources, tmp_path, monkeypatch):
     """Big builds check their images in worker processes; the dataset, report and record are the same."""
-    import sentinel.dataset.merge
+    import sentinel.dataset.parallel
 
     threads = merge(sources, tmp_path / "threads", workers=2)
-    monkeypatch.setattr(sentinel.dataset.merge, "PROCESS_POOL_MIN_ITEMS", 1)
-    pools, real_pool = [], sentinel.dataset.merge.ProcessPoolExecutor
+    monkeypatch.setattr(sentinel.dataset.parallel, "PROCESS_POOL_MIN_ITEMS", 1)
+    pools, real_pool = [], sentinel.dataset.parallel.ProcessPoolExecutor
     monkeypatch.setattr(
-        sentinel.dataset.merge, "ProcessPoolExecutor", lambda *a, **k: pools.append(1) or real_pool(*a, **k)
+        sentinel.dataset.parallel, "ProcessPoolExecutor", lambda *a, **k: pools.append(1) or real_pool(*a, **k)
     )
     processes = merge(sources, tmp_path / "processes", workers=2)
     assert pools == [1]
@@ -221,7 +221,7 @@ def test_a_worker_process_that_dies_gives_one_clear_error(sources, tmp_path):
         "from sentinel.errors import SentinelError\n"
         "from sentinel.config.schema import MergeConfig\n"
         "from sentinel.dataset.sources.yolo_dir import read_source\n"
-        "sentinel.dataset.merge.PROCESS_POOL_MIN_ITEMS = 1\n"
+        "sentinel.dataset.parallel.PROCESS_POOL_MIN_ITEMS = 1\n"
         "cfg = OmegaConf.merge(OmegaConf.structured(MergeConfig), {'workers': 2})\n"
         "try:\n"
         "    sentinel.dataset.merge.merge_sources([read_source('a', Path(sys.argv[1]))], cfg, Path(sys.argv[2]))\n"

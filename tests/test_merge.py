@@ -268,7 +268,7 @@ def test_unchanged_inputs_are_a_cache_hit_and_changes_rebuild(three_sources, tmp
 PRELOAD_SCRIPT = """
 import sys
 from concurrent.futures import ProcessPoolExecutor
-from sentinel.dataset.merge import _forkserver_context
+from sentinel.dataset.parallel import _forkserver_context
 def decoder_loaded():
     return "cv2" in sys.modules
 if __name__ == "__main__":
@@ -296,13 +296,13 @@ from sentinel.dataset.merge import merge_sources
 from sentinel.config.schema import MergeConfig
 from sentinel.dataset.sources.yolo_dir import read_source
 if sys.argv[3] == "processes":
-    sentinel.dataset.merge.PROCESS_POOL_MIN_ITEMS = 1
-    real_pool = sentinel.dataset.merge.ProcessPoolExecutor
+    sentinel.dataset.parallel.PROCESS_POOL_MIN_ITEMS = 1
+    real_pool = sentinel.dataset.parallel.ProcessPoolExecutor
     def announced_pool(*args, **kwargs):
         pool = real_pool(*args, **kwargs)
         print("worker process pool started", flush=True)
         return pool
-    sentinel.dataset.merge.ProcessPoolExecutor = announced_pool
+    sentinel.dataset.parallel.ProcessPoolExecutor = announced_pool
 merge_sources([read_source("big", Path(sys.argv[1]))], OmegaConf.structured(MergeConfig), Path(sys.argv[2]))
 """
 
@@ -398,9 +398,9 @@ def test_ultralytics_trains_one_epoch_on_the_merged_dataset(three_sources, messy
 
 
 def test_build_that_would_not_fit_is_refused_before_writing(three_sources, tmp_path, monkeypatch):
-    import sentinel.dataset.merge
+    import sentinel.dataset.plan
 
-    monkeypatch.setattr(sentinel.dataset.merge, "free_bytes", lambda folder: 10 * 2**20)
+    monkeypatch.setattr(sentinel.dataset.plan, "free_bytes", lambda folder: 10 * 2**20)
     with pytest.raises(SentinelError, match="only 10 MiB are free"):
         merge_sources(three_sources, merge_cfg(), tmp_path / "d")
     assert list((tmp_path / "d" / "merged").iterdir()) == [] or all(

@@ -314,7 +314,7 @@ import sys, time
 from pathlib import Path
 from hydra import compose, initialize_config_dir
 from sentinel.config.schema import register_configs
-from sentinel.runtime import tracking
+from sentinel.runtime.tracking.client import start_tracking
 import mlflow.tracking  # imported before the wait, so the processes reach the store together
 
 conf, launch, run, go = sys.argv[1:]
@@ -323,7 +323,7 @@ with initialize_config_dir(config_dir=conf, version_base="1.3"):
     cfg = compose(config_name="config", overrides=["tracking=mlflow"])
 while not Path(go).exists():  # every process imports MLflow first, then all open the store together
     time.sleep(0.01)
-tracking.start_tracking(cfg, Path(run), Path(launch)).end("FINISHED")
+start_tracking(cfg, Path(run), Path(launch)).end("FINISHED")
 """
 
 

@@ -125,7 +125,7 @@ def test_a_run_whose_artefacts_cannot_be_stored_still_ends_finished_and_says_so(
 
 
 def test_names_mlflow_refuses_are_made_valid_in_one_place():
-    from sentinel.runtime.tracking import metric_name, model_name
+    from sentinel.runtime.tracking.names import metric_name, model_name
 
     assert metric_name("metrics/mAP50-95(B)") == "metrics/mAP50-95B"
     assert metric_name("test/o'clock/recall") == "test/o_clock/recall" and metric_name("prep/c++") == "prep/c__"

@@ -20,7 +20,8 @@ from sentinel.dataset.report import draw_samples_from_dataset
 from sentinel.dataset.sources import fetch_source
 from sentinel.dataset.sources.yolo_dir import SourceData
 from sentinel.runtime.runs import claim_run_folder, copy_file_atomic, write_json_atomic
-from sentinel.runtime.tracking import Tracker, prep_metrics
+from sentinel.runtime.tracking.client import Tracker
+from sentinel.runtime.tracking.names import prep_metrics
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,8 @@ from sentinel.runtime.runs import (
     write_run_status,
     write_text_atomic,
 )
-from sentinel.runtime.tracking import LOCAL_STORE, RERUN_RECORD, RUN_RECORD, Tracker, start_tracking
+from sentinel.runtime.tracking.client import RERUN_RECORD, RUN_RECORD, Tracker, start_tracking
+from sentinel.runtime.tracking.store import LOCAL_STORE
 
 log = logging.getLogger(__name__)
 

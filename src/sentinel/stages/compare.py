@@ -25,14 +25,8 @@ from omegaconf import DictConfig
 from sentinel.errors import ConfigError, SentinelError
 from sentinel.runtime.redaction import redact
 from sentinel.runtime.runs import read_json, run_finished, save_figure_atomic, write_text_atomic
-from sentinel.runtime.tracking import (
-    LOCAL_ARTIFACTS,
-    check_local_store,
-    flatten,
-    local_store_lock,
-    prep_metrics,
-    tracking_uri,
-)
+from sentinel.runtime.tracking.names import flatten, prep_metrics
+from sentinel.runtime.tracking.store import LOCAL_ARTIFACTS, check_local_store, local_store_lock, tracking_uri
 
 log = logging.getLogger(__name__)
 

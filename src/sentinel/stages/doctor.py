@@ -139,7 +139,7 @@ def mongodb_check(cfg: DictConfig, needed: bool) -> Check:
 
 def tracking_check(tracking: DictConfig) -> Check:
     """Every run logs to the tracking store: a server that does not answer stops every mode at start-up."""
-    from sentinel.runtime.tracking import LOCAL_STORE, check_reachable
+    from sentinel.runtime.tracking.store import LOCAL_STORE, check_reachable
 
     if tracking.backend == "none":
         return Check("tracking", True, "tracking=none: nothing recorded outside the run folder", needed=False)

@@ -28,7 +28,7 @@ from sentinel.runtime.runs import (
     resolve_result,
     write_text_atomic,
 )
-from sentinel.runtime.tracking import Tracker
+from sentinel.runtime.tracking.client import Tracker
 from sentinel.runtime.ultra import check_device, load_yolo, provide_offline_font
 
 log = logging.getLogger(__name__)

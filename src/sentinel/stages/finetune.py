@@ -35,7 +35,7 @@ from sentinel.runtime.runs import (
     write_state,
     write_text_atomic,
 )
-from sentinel.runtime.tracking import Tracker, link_resumed_run
+from sentinel.runtime.tracking.client import Tracker, link_resumed_run
 from sentinel.runtime.ultra import (
     check_device,
     check_weights_available,

@@ -40,7 +40,7 @@ from sentinel.model.weights import resolve_weights, weights_key
 from sentinel.runtime.fiftyone_db import import_fiftyone
 from sentinel.runtime.fingerprint import stable_hash
 from sentinel.runtime.runs import claim_run_folder, record_result, write_atomic, write_text_atomic
-from sentinel.runtime.tracking import Tracker
+from sentinel.runtime.tracking.client import Tracker
 from sentinel.runtime.ultra import check_device, load_yolo, provide_offline_font
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ from sentinel.errors import SentinelError
 from sentinel.runtime.applied import APPLIED_FILE, read_applied_file
 from sentinel.runtime.redaction import redact
 from sentinel.runtime.runs import save_figure_atomic, write_text_atomic
-from sentinel.runtime.tracking import Tracker
+from sentinel.runtime.tracking.client import Tracker
 from sentinel.stages.tune.result import TuneResult
 
 

@@ -42,7 +42,7 @@ from sentinel.runtime.runs import (
     claim_run_folder,
     write_state,
 )
-from sentinel.runtime.tracking import Tracker, link_resumed_run
+from sentinel.runtime.tracking.client import Tracker, link_resumed_run
 from sentinel.runtime.ultra import check_weights_available
 from sentinel.runtime.ultralytics_facts import ultralytics_facts
 from sentinel.stages.tune.result import TuneResult

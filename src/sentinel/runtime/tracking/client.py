@@ -1,22 +1,5 @@
-"""Experiment tracking: one MLflow run per Sentinel run, nested runs for tune trials, weights in the registry.
-
-`tracking=mlflow` (the default) logs to `tracking.uri`, or, when it is empty, to a local SQLite store
-`outputs/mlflow.db` with artefacts in `outputs/mlartifacts/` beside it, so nothing needs a server
-(`mlflow ui --backend-store-uri sqlite:///outputs/mlflow.db`). `tracking=none` logs nothing.
-
-- Everything goes through `MlflowClient` with an explicit run id, never MLflow's fluent "active run": the
-  fluent state is global, and Ultralytics' and Ray's integrations read and end it behind our back.
-- Ultralytics' own MLflow callback is switched off (sentinel.runtime.ultra.sentinel_trainer): it calls
-  `mlflow.autolog()` for the whole process, renames the experiment after `trainer.args.project` (our run
-  folder) and logs the weights folder a second time. Per-epoch metrics are logged here instead.
-- A server that does not answer is a start-up error naming `tracking.uri`, before any download or
-  training. Later, a failed logging call is a warning and tracking stops for the run: an hour of
-  training is never lost to a tracking server that went away (the run folder has every result).
-- The run's id is kept in the run folder (tracking.json), so rerunning in the same folder continues the
-  same MLflow run; a run whose process died (SIGKILL, power cut) is marked KILLED by the next start.
-- The MLflow work runs in a tracking service, a process of its own (ServiceTracker, sentinel.runtime.tracking_service):
-  train.py sends it each call and goes on; it waits for the service only at the end of the run.
-"""
+"""The tracker a run logs through: Tracker (logs nothing), MlflowTracker (MLflow's client, in the tracking
+service) and ServiceTracker (train.py's side, which sends each call to the service). See the package docstring."""
 
 from __future__ import annotations
 
@@ -25,75 +8,52 @@ import json
 import logging
 import os
 import pickle
-import re
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from enum import Enum
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import filelock
 from omegaconf import DictConfig, OmegaConf
 
-from sentinel.errors import ConfigError, SentinelError
-from sentinel.runtime.atomic import target_lock
+from sentinel.errors import SentinelError
 from sentinel.runtime.redaction import redact
 from sentinel.runtime.runs import read_json, write_json_atomic
+from sentinel.runtime.tracking.names import (
+    MAX_PARAM_CHARS,
+    as_float,
+    experiment_name,
+    flatten,
+    is_number,
+    metric_name,
+    model_name,
+    plain,
+    run_name,
+    run_tags,
+)
+from sentinel.runtime.tracking.store import (
+    check_reachable,
+    ensure_experiment,
+    ensure_registered_model,
+    follow_moved_project,
+    local_store_lock,
+    mark_dead_runs_killed,
+    tracking_uri,
+)
 
 log = logging.getLogger(__name__)
 
-LOCAL_STORE = Path("outputs") / "mlflow.db"  # relative to the launch folder, like Hydra's outputs/
-LOCAL_ARTIFACTS = Path("outputs") / "mlartifacts"
-EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 RUN_RECORD = "tracking.json"  # in the run folder: which MLflow run records it
 # A rerun in a folder whose run finished records itself here, and replaces tracking.json only once it has
 # finished too: a rerun that fails leaves the folder's record (and its MLflow run) as the finished run left it.
 RERUN_RECORD = ".tracking-rerun.json"
-MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
 BATCH = 100  # MLflow takes at most 100 params or tags (1000 metrics) per log_batch call
 # Logged as artefacts at the end of a run: everything in the run folder except Ray's trial folders (each
 # trial's weights; the best one is kept in tune/best_trial/), Ultralytics' last.pt (a resume point) and the
 # run folder's lock (sentinel.runtime.runs.RUN_LOCK) and a rerun's own tracking record (RERUN_RECORD above).
 SKIP_ARTIFACTS = ("ray_tune", "finetune/weights/last.pt", ".run.lock", ".tracking-rerun.json")
-
-
-def metric_name(name: str) -> str:
-    """A name MLflow accepts for a metric, param or tag, made in this one place.
-
-    MLflow takes only letters, digits, `_ - . / :` and spaces, and no name that a path would normalise to
-    another (mlflow/utils/validation.py). Parentheses are dropped as Ultralytics' own MLflow logger does
-    (`metrics/mAP50-95(B)` → `metrics/mAP50-95B`); any other refused character (a class named `o'clock` or
-    `c++`) becomes `_`, and a path-like piece (`..`) is spelled out. What was renamed is kept as a tag.
-    """
-    safe = _REFUSED_IN_NAMES.sub("_", name.replace("(", "").replace(")", ""))
-    parts = [part if part not in ("", ".", "..") else part.replace(".", "_") or "_" for part in safe.split("/")]
-    return "/".join(parts)
-
-
-_REFUSED_IN_NAMES = re.compile(r"[^/\w.\- :]")
-
-
-def model_name(name: str) -> str:
-    """A registered model's name MLflow accepts: no `/` or `:` (`det:v2` → `det_v2`)."""
-    return name.replace("/", "_").replace(":", "_").strip() or "sentinel"
-
-
-def flatten(data: Any, prefix: str = "") -> dict[str, str]:
-    """A resolved config as Hydra's dotted keys (`model.imgsz`), each value a string MLflow accepts."""
-    if isinstance(data, Mapping) and data:
-        flat: dict[str, str] = {}
-        for key, value in data.items():
-            flat.update(flatten(value, f"{prefix}{key}."))
-        return flat
-    if isinstance(data, Enum):  # a schema's enum member: its value (`all`), as config_resolved.yaml writes it
-        data = data.value
-    text = json.dumps(data) if isinstance(data, (list, dict)) else str(data)
-    return {prefix.rstrip("."): redact(text)[:MAX_PARAM_CHARS]}
 
 
 class Tracker:
@@ -178,7 +138,7 @@ class MlflowTracker(Tracker):
         from mlflow.entities import Metric
 
         now = timestamp_ms or int(time.time() * 1000)
-        items = [Metric(self._name(k), _as_float(v), now, step or 0) for k, v in metrics.items() if _is_number(v)]
+        items = [Metric(self._name(k), as_float(v), now, step or 0) for k, v in metrics.items() if is_number(v)]
         for chunk in _chunks(items, 1000):
             self._call("logging metrics", self.client.log_batch, self.run_id, metrics=chunk)
         self._tag_renamed()
@@ -236,7 +196,7 @@ class MlflowTracker(Tracker):
                 Metric(metric_name(k), float(v), int(epoch["timestamp"] * 1000), int(epoch["training_iteration"]))
                 for epoch in _trial_epochs(Path(row["path"]))
                 for k, v in epoch.items()
-                if _is_number(v) and (k.startswith(("metrics/", "val/", "train/")) or k == "epoch")
+                if is_number(v) and (k.startswith(("metrics/", "val/", "train/")) or k == "epoch")
             ]
             values = [Param(p, redact(str(row.get(p)))) for p in params]
             for chunk in _chunks(metrics, 1000):
@@ -258,7 +218,7 @@ class MlflowTracker(Tracker):
         if run is None:
             return
         registered = model_name(name)  # model.output_name `det:v2.pt` → `det_v2`; the file name is a tag
-        self._call("registering the model", _ensure_registered_model, self.client, registered)
+        self._call("registering the model", ensure_registered_model, self.client, registered)
         version = self._call(
             "adding a model version",
             self.client.create_model_version,
@@ -296,7 +256,7 @@ def start_tracking(cfg: DictConfig, run_dir: Path, launch_dir: Path, record: str
     """Start this run's tracking service, which opens (or continues) its MLflow run; a tracking server that
     does not answer is a ConfigError here, before any work. The pipeline hands the tracker to each stage
     (as Ultralytics hands its integrations to the trainer); `Tracker()` logs nothing (tracking=none)."""
-    if _plain(cfg.tracking.backend) == "none":
+    if plain(cfg.tracking.backend) == "none":
         return Tracker()
     uri = tracking_uri(cfg.tracking.uri, launch_dir)
     check_reachable(uri, cfg.tracking.timeout_s)
@@ -368,7 +328,7 @@ def open_mlflow_run(spec: RunSpec) -> MlflowTracker:
 
 class ServiceTracker(Tracker):
     """The tracker in train.py's process: each call goes, in order, to the run's tracking service
-    (`python -m sentinel.runtime.tracking_service`), which does the MLflow work beside the training.
+    (`python -m sentinel.runtime.tracking.service`), which does the MLflow work beside the training.
 
     Why a process of its own: importing MLflow and opening its store cost ~1.5 s of CPU before the first
     epoch (profiled: MLflow's package import ~1 s, its SQLAlchemy store ~0.5 s) and a thread would hold the
@@ -384,7 +344,7 @@ class ServiceTracker(Tracker):
     @classmethod
     def start(cls, spec: RunSpec, record: Path) -> ServiceTracker:
         process = subprocess.Popen(
-            [sys.executable, "-m", "sentinel.runtime.tracking_service"],
+            [sys.executable, "-m", "sentinel.runtime.tracking.service"],
             stdin=subprocess.PIPE,
             start_new_session=True,  # Ctrl-C reaches train.py, which ends the run as KILLED through the service
         )
@@ -468,197 +428,25 @@ def _log_file() -> str:
     return ""
 
 
-def tracking_uri(uri: str, launch_dir: Path) -> str:
-    """`tracking.uri`, or the local SQLite store under the launch folder's outputs/."""
-    if uri.strip():
-        return uri.strip()
-    store = launch_dir / LOCAL_STORE
-    store.parent.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{store}"
+def link_resumed_run(tracker: Tracker, stage: str, folder: Path) -> None:
+    """A stage resumed from an earlier run folder: tag this run with that folder and its MLflow run."""
+    record = folder / RUN_RECORD
+    earlier = str(read_json(record, "tracking record").get("run_id", "")) if record.is_file() else ""
+    tracker.set_tags({f"sentinel.{stage}_resumed_from": str(folder), "sentinel.continues": earlier or None})
 
 
-@contextlib.contextmanager
-def local_store_lock(uri: str, timeout_s: float) -> Iterator[None]:
-    """Hold a file lock beside a SQLite store while the first process to open it creates its tables.
-
-    MLflow creates and migrates a new SQLite store on first use, without a lock: two jobs of a parallel
-    sweep opening it at once fail with "table _alembic_tmp_metrics already exists". Later opens only read
-    the schema version, so the lock is held for milliseconds.
-    """
-    if not uri.startswith("sqlite:///"):
-        yield
+def _trial_epochs(trial_dir: Path) -> Iterator[dict[str, Any]]:
+    result = trial_dir / "result.json"
+    if not result.is_file():
         return
-    store = Path(uri.removeprefix("sqlite:///"))
-    wait_s = max(60.0, timeout_s)
-    try:
-        with target_lock(store, timeout_s=wait_s):
-            yield
-    except filelock.Timeout:
-        raise SentinelError(
-            f"tracking: waited {wait_s:g} s for another run to finish setting up the MLflow store {store} "
-            f"(lock file {store.parent / f'.{store.name}.lock'}); if no other run is starting, delete the lock file"
-        ) from None
+    for line in result.read_text().splitlines():
+        if line.strip():
+            yield json.loads(line)
 
 
-SQLITE_HEADER = b"SQLite format 3\x00"
-
-
-def check_local_store(uri: str) -> None:
-    """A local SQLite store must be a file SQLite can open and this process can write, or not exist yet.
-
-    MLflow retries a store it cannot open for about two minutes before it gives up, and then names no path.
-    """
-    if not uri.startswith("sqlite:///"):
-        return
-    store = Path(uri.removeprefix("sqlite:///"))
-    fix = "move it out of the way (a new store is made), set tracking.uri, or run with tracking=none"
-    if store.exists() and not store.is_file():
-        raise ConfigError("tracking.uri", f"the local MLflow store {store} is not a file", fix)
-    if store.is_file():
-        try:
-            with open(store, "rb") as handle:
-                header = handle.read(len(SQLITE_HEADER))
-        except OSError as error:
-            problem = f"cannot read the local MLflow store {store} ({error.strerror})"
-            raise ConfigError("tracking.uri", problem, fix) from None
-        if header and header != SQLITE_HEADER:
-            raise ConfigError("tracking.uri", f"{store} is not an SQLite database (damaged or another file)", fix)
-        if not os.access(store, os.W_OK) or not os.access(store.parent, os.W_OK):
-            raise ConfigError("tracking.uri", f"the local MLflow store {store} (or its folder) is read-only", fix)
-
-
-def check_reachable(uri: str, timeout_s: float) -> None:
-    """An HTTP tracking server must answer its /health endpoint now, not after an hour of training; a local
-    store must be one MLflow can use (check_local_store)."""
-    check_local_store(uri)
-    if not uri.startswith(("http://", "https://")):
-        return
-    import requests
-
-    try:
-        response = requests.get(uri.rstrip("/") + "/health", timeout=timeout_s)
-        response.raise_for_status()
-        probe = requests.get(uri.rstrip("/") + MLFLOW_PROBE, timeout=timeout_s, auth=_basic_auth())
-    except requests.RequestException as error:
-        raise ConfigError(
-            "tracking.uri",
-            f"no MLflow server answers at {redact(uri)} within {timeout_s:g} s ({type(error).__name__})",
-            "start the server (mlflow server --host 0.0.0.0 --port 5000), correct tracking.uri, "
-            "or run with tracking=none",
-        ) from None
-    if probe.status_code in (401, 403):
-        raise ConfigError(
-            "tracking.uri",
-            f"the MLflow server at {redact(uri)} refused the request (HTTP {probe.status_code})",
-            "export MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (MLflow reads them)",
-        )
-    if not _speaks_mlflow(probe):
-        kind = probe.headers.get("Content-Type", "no content type").split(";")[0]
-        raise ConfigError(
-            "tracking.uri",
-            f"{redact(uri)} answers, but not as an MLflow tracking server ({MLFLOW_PROBE}: HTTP "
-            f"{probe.status_code}, {kind})",
-            "give the address of an MLflow server (mlflow server --port 5000), or run with tracking=none",
-        )
-
-
-MLFLOW_PROBE = "/api/2.0/mlflow/experiments/get-by-name?experiment_name=Default"  # any MLflow answers in JSON
-
-
-def _speaks_mlflow(response: Any) -> bool:
-    """MLflow's REST API answers in JSON: the experiment, or an error with MLflow's error_code."""
-    try:
-        body = response.json()
-    except ValueError:
-        return False
-    return isinstance(body, dict) and ("experiment" in body or "error_code" in body)
-
-
-def _basic_auth() -> tuple[str, str] | None:
-    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
-    return (user, password) if user and password else None
-
-
-def experiment_name(cfg: DictConfig) -> str:
-    """`tracking.experiment`, else the `experiment` preset's name, else `sentinel`."""
-    if cfg.tracking.experiment.strip():
-        return cfg.tracking.experiment.strip()
-    return hydra_choice("experiment") or "sentinel"
-
-
-def ensure_experiment(client: Any, name: str, uri: str, launch_dir: Path) -> str:
-    """The experiment's id, creating it (with artefacts beside a local store, not in ./mlruns) if needed."""
-    found = client.get_experiment_by_name(name)
-    if found is not None and found.lifecycle_stage == "deleted":  # MLflow keeps the name, and refuses runs in it
-        raise SentinelError(
-            f"the MLflow experiment {name!r} in {redact(uri)} was deleted. Fix: restore it (mlflow experiments "
-            f"restore --experiment-id {found.experiment_id}) or record elsewhere (tracking.experiment=<another>)"
-        )
-    if found is None:
-        location = (launch_dir / LOCAL_ARTIFACTS).resolve().as_uri() if uri.startswith("sqlite:") else None
-        with contextlib.suppress(Exception):  # another process may create it between our two calls
-            client.create_experiment(name, artifact_location=location)
-        found = client.get_experiment_by_name(name)
-        if found is None:
-            raise SentinelError(f"tracking: could not create the MLflow experiment {name!r} in {redact(uri)}")
-    if EXPERIMENT_KIND[0] not in found.tags:
-        # MLflow 3's UI opens an experiment without this tag on its GenAI (traces) overview; a detector's
-        # runs, metrics and models are "model training", so the UI opens on the runs table.
-        client.set_experiment_tag(found.experiment_id, *EXPERIMENT_KIND)
-    return found.experiment_id
-
-
-ARTIFACT_COLUMNS = (  # MLflow 3's SQL schema: where a local store keeps artefact locations
-    ("experiments", "artifact_location"),
-    ("runs", "artifact_uri"),
-    ("model_versions", "source"),
-    ("model_versions", "storage_location"),
-    ("logged_models", "artifact_location"),
-)
-
-
-def follow_moved_project(store: Path, launch_dir: Path) -> None:
-    """The default local store's artefact locations name the folder beside it, wherever the project now is.
-
-    MLflow keeps absolute artefact locations in the store; after `mv project elsewhere` every new run would
-    write its artefacts under the old path (made again), and the earlier runs' artefacts, moved with the
-    project, could not be found. MLflow has no call to change an experiment's location, so for Sentinel's own
-    default store (never a store the user named) the old prefix is replaced in place, under the store's lock.
-    """
-    import sqlite3
-
-    new = (launch_dir / LOCAL_ARTIFACTS).resolve().as_uri()
-    try:
-        with contextlib.closing(sqlite3.connect(store)) as db, db:
-            olds = {
-                location
-                for (location,) in db.execute("SELECT artifact_location FROM experiments")
-                if location and location.startswith("file://") and location.endswith("/outputs/mlartifacts")
-            } - {new}
-            for old in olds:
-                for table, column in ARTIFACT_COLUMNS:  # names from the constant above, never from input
-                    db.execute(
-                        f"UPDATE {table} SET {column} = ? || substr({column}, ?) WHERE substr({column}, 1, ?) = ?",
-                        (new, len(old) + 1, len(old), old),
-                    )
-                log.warning("tracking: the project moved from %s; the store's artefacts are now under %s", old, new)
-    except sqlite3.Error as error:
-        log.warning("tracking: could not point the store %s at its new folder: %s", store, error)
-
-
-def mark_dead_runs_killed(client: Any, experiment_id: str, own_pid: int) -> None:
-    """Runs of this machine still RUNNING whose process is gone (killed) are marked KILLED, not left running."""
-    host = socket.gethostname()
-    runs = client.search_runs(
-        [experiment_id],
-        filter_string=f"attributes.status = 'RUNNING' and tags.`sentinel.host` = '{host}'",
-        max_results=1000,
-    )
-    for run in runs:
-        pid = int(run.data.tags.get("sentinel.pid", "0") or 0)
-        if pid and pid != own_pid and not _process_alive(pid):
-            client.set_terminated(run.info.run_id, "KILLED")
-            log.info("tracking: MLflow run %s (process %s is gone) marked KILLED", run.info.run_id, pid)
+def _chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 def previous_run_id(run_dir: Path, uri: str, client: Any) -> str:
@@ -676,162 +464,3 @@ def previous_run_id(run_dir: Path, uri: str, client: Any) -> str:
     if run.info.status == "FINISHED":  # a finished run's record is never reopened: a rerun is a run of its own
         return ""
     return str(data["run_id"])
-
-
-def link_resumed_run(tracker: Tracker, stage: str, folder: Path) -> None:
-    """A stage resumed from an earlier run folder: tag this run with that folder and its MLflow run."""
-    record = folder / RUN_RECORD
-    earlier = str(read_json(record, "tracking record").get("run_id", "")) if record.is_file() else ""
-    tracker.set_tags({f"sentinel.{stage}_resumed_from": str(folder), "sentinel.continues": earlier or None})
-
-
-def run_name(cfg: DictConfig, run_dir: Path) -> str:
-    return f"{_plain(cfg.mode)} {run_dir.parent.name}/{run_dir.name}"
-
-
-def run_tags(cfg: DictConfig, run_dir: Path, launch_dir: Path) -> dict[str, Any]:
-    """Mode, where the run lives, where its data came from, what code and libraries made it."""
-    tags: dict[str, Any] = {
-        "sentinel.mode": _plain(cfg.mode),
-        "sentinel.run_dir": str(run_dir),
-        "sentinel.host": socket.gethostname(),
-        "sentinel.pid": os.getpid(),
-        "sentinel.device": cfg.hardware.device,
-        "mlflow.source.name": "train.py",
-        **{f"sentinel.version.{name}": _version(name) for name in ("sentinel", "ultralytics", "torch", "mlflow")},
-        **source_tags(cfg),
-        **git_tags(launch_dir),
-        **sweep_tags(),
-    }
-    return tags
-
-
-def source_tags(cfg: DictConfig) -> dict[str, str]:
-    """Every source with what pins its version (the content fingerprint is the dataset tag, set by prep)."""
-    from sentinel.config.schema import source_pins
-
-    return {f"sentinel.source.{name}": f"{s.type} {json.dumps(source_pins(s))}" for name, s in cfg.datasets.items()}
-
-
-def git_tags(folder: Path) -> dict[str, str]:
-    """Commit and dirty flag of the launch folder when it is a git repository (MLflow's own tag names)."""
-    try:
-        commit = subprocess.run(
-            ["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
-        )
-        if commit.returncode != 0:
-            return {}
-        status = subprocess.run(
-            ["git", "-C", str(folder), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return {}
-    return {"mlflow.source.git.commit": commit.stdout.strip(), "sentinel.git.dirty": str(bool(status.stdout.strip()))}
-
-
-def sweep_tags() -> dict[str, str]:
-    """In a multirun, the sweep folder and job number: every job is a run of the same experiment."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
-        return {}
-    hydra_cfg = HydraConfig.get()
-    return {"sentinel.sweep_dir": str(Path(hydra_cfg.sweep.dir).resolve()), "sentinel.job_num": str(hydra_cfg.job.num)}
-
-
-def hydra_choice(group: str) -> str:
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():
-        return ""
-    return str(HydraConfig.get().runtime.choices.get(group) or "")
-
-
-def prep_metrics(report: Mapping[str, Any]) -> dict[str, float]:
-    """Prep's counts: totals, images and boxes per class and split, skips by reason, duplicates and leaks."""
-    metrics: dict[str, float] = {f"prep/{k}": v for k, v in report.get("totals", {}).items()}
-    for what in ("boxes", "images_per_class"):
-        for per_split in report.get(what, {}).values():
-            for split, per_class in per_split.items():
-                for name, count in per_class.items():
-                    key = f"prep/{what}/{split}/{name}"
-                    metrics[key] = metrics.get(key, 0) + count
-    for what in ("skipped_images", "skipped_label_lines"):
-        for per_split in report.get(what, {}).values():
-            for by_reason in per_split.values():
-                for reason, count in by_reason.items():
-                    key = f"prep/{what}/{reason}"
-                    metrics[key] = metrics.get(key, 0) + count
-    for key, value in report.get("duplicates", {}).items():
-        if _is_number(value):
-            metrics[f"prep/duplicates/{key}"] = value
-    return metrics
-
-
-def _trial_epochs(trial_dir: Path) -> Iterator[dict[str, Any]]:
-    result = trial_dir / "result.json"
-    if not result.is_file():
-        return
-    for line in result.read_text().splitlines():
-        if line.strip():
-            yield json.loads(line)
-
-
-def _ensure_registered_model(client: Any, name: str) -> None:
-    """Create registered model `name`; one that exists already (another job of a sweep may create it meanwhile)
-    is fine. This is what mlflow.register_model does before it adds a version; that function itself cannot be
-    used: for a runs:/ URI it wants an MLflow model (an MLmodel file), and our weights are a plain .pt file."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.protos.databricks_pb2 import ALREADY_EXISTS, RESOURCE_ALREADY_EXISTS, ErrorCode
-
-    try:
-        client.create_registered_model(name)
-    except MlflowException as error:
-        if error.error_code not in (ErrorCode.Name(RESOURCE_ALREADY_EXISTS), ErrorCode.Name(ALREADY_EXISTS)):
-            raise
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _version(distribution: str) -> str:
-    try:
-        return metadata.version(distribution)
-    except metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def _plain(value: Any) -> Any:
-    """An Enum config value (mode, backend) as its plain value."""
-    return getattr(value, "value", value)
-
-
-def _as_float(value: Any) -> float | None:
-    """A metric value as a float (numpy and torch scalars too), or None for text, flags and NaN."""
-    if isinstance(value, (bool, str)):
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if number == number else None
-
-
-def _is_number(value: Any) -> bool:
-    return _as_float(value) is not None
-
-
-def _chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]

@@ -1,7 +1,7 @@
-"""The tracking service: `python -m sentinel.runtime.tracking_service`, started by runtime.tracking for each run.
+"""The tracking service: `python -m sentinel.runtime.tracking.service`, started by runtime.tracking for each run.
 
 It reads, from stdin, the run's RunSpec and then the tracker calls train.py makes, in order (pickled), and
-does them on MLflow with sentinel.runtime.tracking.MlflowTracker. It ends after `end`; if stdin closes without one,
+does them on MLflow with client.MlflowTracker. It ends after `end`; if stdin closes without one,
 train.py went away (killed), and the run is marked KILLED here. Ctrl-C is train.py's to handle: the service
 runs in a session of its own and also ignores SIGINT.
 """
@@ -18,7 +18,7 @@ from typing import Any
 
 from sentinel.runtime.faults import kill_point
 from sentinel.runtime.redaction import install_redaction
-from sentinel.runtime.tracking import MlflowTracker, RunSpec, open_mlflow_run
+from sentinel.runtime.tracking.client import MlflowTracker, RunSpec, open_mlflow_run
 
 log = logging.getLogger("sentinel.runtime.tracking")
 FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # Hydra's, as in train.py's own log lines
