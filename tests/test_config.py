@@ -239,3 +239,14 @@ def test_class_weights_reach_ultralytics_as_cls_pw_and_are_absent_when_off(compo
 
     assert "cls_pw" not in fixed_training_args(compose_cfg())
     assert fixed_training_args(compose_cfg("training.class_weights=0.5"))["cls_pw"] == 0.5
+
+
+def test_two_runs_started_in_the_same_second_get_a_folder_each(tmp_path):
+    """Hydra's default run folder is named to the second; the second run of that second gets `-2`."""
+    from sentinel.config.resolvers import fresh_run_dir
+
+    base = str(tmp_path / "outputs" / "2026-12-06" / "10-00-00")
+    assert [fresh_run_dir(base) for _ in range(3)] == [base, f"{base}-2", f"{base}-3"]
+    assert all(Path(p).is_dir() for p in (base, f"{base}-2", f"{base}-3"))  # claimed by creating it
+    config = (CONF_DIR / "config.yaml").read_text()
+    assert "dir: ${sentinel.fresh_run_dir:outputs/${now:%Y-%m-%d}/${now:%H-%M-%S}}" in config

@@ -8,8 +8,28 @@ but never runs train.py's start-up code.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from omegaconf import OmegaConf
+
+
+def fresh_run_dir(path: str) -> str:
+    """`path`, or `path-2`, `path-3`, ...: a run folder this process creates, so no other run has it.
+
+    Hydra names the default run folder to the second: two commands started in the same second (a script, two
+    terminals) would share it, and the second be refused as another run's folder. The folder is claimed by
+    creating it (mkdir fails for all but one of two processes). Cached (use_cache), so every read in this
+    process gets the same folder. A folder given on the command line (hydra.run.dir=...) is used as given.
+    """
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    candidate, n = path, 1
+    while True:
+        try:
+            os.mkdir(candidate)
+            return candidate
+        except FileExistsError:
+            n += 1
+            candidate = f"{path}-{n}"
 
 
 def register_resolvers() -> None:
@@ -18,6 +38,10 @@ def register_resolvers() -> None:
     Cached in the config (use_cache), so Hydra's copy of the sweep's resolved values reaches each job of a
     Ray-launcher sweep: the job writes under the launch folder, not under its worker's working folder.
     (`${hydra:runtime.cwd}` cannot serve: Hydra resolves `hydra.sweep.dir` before it sets HydraConfig.)
+
+    `${sentinel.fresh_run_dir:PATH}`: fresh_run_dir above.
     """
     if not OmegaConf.has_resolver("sentinel.launch_dir"):
         OmegaConf.register_new_resolver("sentinel.launch_dir", os.getcwd, use_cache=True)
+    if not OmegaConf.has_resolver("sentinel.fresh_run_dir"):
+        OmegaConf.register_new_resolver("sentinel.fresh_run_dir", fresh_run_dir, use_cache=True)
