@@ -2,6 +2,9 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
+# The suite runs on JOBS pytest workers (pytest-xdist), each taking whole test files (--dist loadfile keeps a
+# file's module fixtures, a trained model or a Ray cluster, in one worker). JOBS=0 runs it in one process.
+JOBS ?= 2
 
 # No telemetry and no network probes from the libraries during the demo and the tests (offline machines,
 # CI). Users with a network can drop these; nothing in Sentinel depends on them.
@@ -19,10 +22,10 @@ demo: setup
 	$(PY) train.py experiment=demo mode=all
 
 test: setup
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(JOBS) --dist loadfile $(PYTEST_ARGS)
 
 test-fast: setup
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(JOBS) --dist loadfile -m "not slow" $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .
