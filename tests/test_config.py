@@ -14,7 +14,7 @@ from sentinel.config.schema import Mode
 from sentinel.config.validate import validate
 from sentinel.errors import ConfigError
 
-GROUPS = ["datasets", "augmentation", "search_space", "hardware", "model", "tracking", "experiment"]
+GROUPS = ["datasets", "augmentation", "search_space", "hardware", "model", "tracking", "experiment", "paths"]
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF_DIR / g).glob("*.yaml"))]
 
 
@@ -249,4 +249,4 @@ def test_two_runs_started_in_the_same_second_get_a_folder_each(tmp_path):
     assert [fresh_run_dir(base) for _ in range(3)] == [base, f"{base}-2", f"{base}-3"]
     assert all(Path(p).is_dir() for p in (base, f"{base}-2", f"{base}-3"))  # claimed by creating it
     config = (CONF_DIR / "config.yaml").read_text()
-    assert "dir: ${sentinel.fresh_run_dir:outputs/${now:%Y-%m-%d}/${now:%H-%M-%S}}" in config
+    assert "dir: ${sentinel.fresh_run_dir:${paths.runs}/${now:%Y-%m-%d}/${now:%H-%M-%S}}" in config

@@ -331,3 +331,18 @@ def test_a_moved_project_writes_beside_its_store_and_finds_its_earlier_artefacts
     for run in runs:
         assert run.info.artifact_uri.startswith((after / "outputs" / "mlartifacts").as_uri())
         assert "prep_report.md" in {a.path for a in client.list_artifacts(run.info.run_id)}
+
+
+def test_the_paths_group_moves_run_folders_and_the_local_store(tmp_path):
+    """paths.runs and paths.tracking: runs, the local MLflow store and compare's folder scan all follow them, and
+    nothing is written under the default outputs/."""
+    paths = ["paths.runs=runs", "paths.tracking=store"]
+    result = run_train(["mode=prep", "experiment=tiny", f"data_dir={tmp_path}/data", *paths], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(list((tmp_path / "runs").glob("*/*/prep_report.md"))) == 1
+    assert (tmp_path / "store" / "mlflow.db").is_file() and (tmp_path / "store" / "mlartifacts").is_dir()
+    assert f"sqlite:///{tmp_path}/store/mlflow.db" in result.stdout  # the hint names where the store is
+    compared = run_train(["mode=compare", "tracking=none", "compare.metric=prep/kept", *paths], cwd=tmp_path)
+    assert compared.returncode == 0, compared.stderr[-3000:]
+    assert "compare:  1 runs" in compared.stdout  # the prep run, found under paths.runs
+    assert not (tmp_path / "outputs").exists()

@@ -296,10 +296,20 @@ class TrackingConfig:
 
 
 @dataclass
+class PathsConfig:
+    """Where runs, sweeps and the local MLflow store live; relative to the launch folder (conf/paths/)."""
+
+    runs: str = "outputs"  # one folder per run: <runs>/<date>/<time>
+    sweeps: str = "multirun"  # one folder per sweep: <sweeps>/<date>/<time>/<job>
+    tracking: str = "outputs"  # the local MLflow store (tracking.uri ""): mlflow.db and mlartifacts/
+
+
+@dataclass
 class SentinelConfig:
     mode: Mode = Mode.prep
     seed: int = 0
     data_dir: str = "data"
+    paths: PathsConfig = field(default_factory=PathsConfig)
     datasets: dict[str, Any] = field(default_factory=dict)
     merge: MergeConfig = field(default_factory=MergeConfig)
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)

@@ -30,7 +30,7 @@ from sentinel.runtime.runs import (
     write_text_atomic,
 )
 from sentinel.runtime.tracking.client import RERUN_RECORD, RUN_RECORD, Tracker, start_tracking
-from sentinel.runtime.tracking.store import LOCAL_STORE
+from sentinel.runtime.tracking.store import STORE_FILE, local_store_dir
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +212,8 @@ def record_results(
 def tracking_hint(cfg: DictConfig) -> str:
     if cfg.tracking.uri.strip():
         return f"open {cfg.tracking.uri}"
-    return f"see it with: mlflow ui --backend-store-uri sqlite:///{launch_dir() / LOCAL_STORE}"
+    store = local_store_dir(launch_dir(), cfg.paths.tracking) / STORE_FILE
+    return f"see it with: mlflow ui --backend-store-uri sqlite:///{store}"
 
 
 def summary(run_dir: Path, results: dict[str, Any]) -> str:

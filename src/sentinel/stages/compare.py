@@ -26,11 +26,15 @@ from sentinel.errors import ConfigError, SentinelError
 from sentinel.runtime.redaction import redact
 from sentinel.runtime.runs import read_json, run_finished, save_figure_atomic, write_text_atomic
 from sentinel.runtime.tracking.names import flatten, prep_metrics
-from sentinel.runtime.tracking.store import LOCAL_ARTIFACTS, check_local_store, local_store_lock, tracking_uri
+from sentinel.runtime.tracking.store import (
+    ARTIFACTS_DIR,
+    check_local_store,
+    local_store_dir,
+    local_store_lock,
+    tracking_uri,
+)
 
 log = logging.getLogger(__name__)
-
-RUN_ROOTS = ("outputs", "multirun")  # Hydra's default run and sweep folders, relative to the launch folder
 
 
 @dataclass(frozen=True)
@@ -106,7 +110,7 @@ def runs_from_store(cfg: DictConfig, launch_dir: Path) -> tuple[list[ComparedRun
     """
     from mlflow.tracking import MlflowClient
 
-    uri = tracking_uri(cfg.tracking.uri, launch_dir)
+    uri = tracking_uri(cfg.tracking.uri, local_store_dir(launch_dir, cfg.paths.tracking))
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         return [], f"{uri} (no store yet)"  # opening it would create it, racing this run's own tracking
     check_local_store(uri)
@@ -146,12 +150,18 @@ def runs_from_store(cfg: DictConfig, launch_dir: Path) -> tuple[list[ComparedRun
 
 
 def runs_from_folders(cfg: DictConfig, launch_dir: Path) -> tuple[list[ComparedRun], str]:
-    """Run folders (those with config_resolved.yaml) under outputs/ and multirun/, or the sweep folder."""
+    """Run folders (those with config_resolved.yaml) under paths.runs and paths.sweeps (outputs/ and multirun/),
+    or the sweep folder."""
     sweep = cfg.compare.sweep.strip()
-    roots = [Path(sweep).expanduser().resolve()] if sweep else [launch_dir / root for root in RUN_ROOTS]
+    roots = (
+        [Path(sweep).expanduser().resolve()]
+        if sweep
+        else [launch_dir / Path(root).expanduser() for root in (cfg.paths.runs, cfg.paths.sweeps)]
+    )
     where = " and ".join(str(root) for root in roots)
     runs = []
-    store_copies = (launch_dir / LOCAL_ARTIFACTS).resolve()  # run folders logged as artefacts: not runs
+    # Run folders logged as artefacts into the local store are copies, not runs.
+    store_copies = (local_store_dir(launch_dir, cfg.paths.tracking) / ARTIFACTS_DIR).resolve()
     for config_file in (f for root in roots if root.is_dir() for f in root.rglob("config_resolved.yaml")):
         folder = config_file.parent
         if folder.resolve().is_relative_to(store_copies):

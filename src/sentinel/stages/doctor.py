@@ -64,9 +64,9 @@ def doctor(cfg: DictConfig, run_dir: Path) -> DoctorResult:
         ray_check(cfg.hardware),
         *cluster_node_checks(cfg.hardware, data_dir_of(cfg), run_dir),
         roboflow_key_check(needed="roboflow" in types),
-        tracking_check(cfg.tracking),
+        tracking_check(cfg.tracking, cfg.paths.tracking),
         disk_check("data_dir", data_dir_of(cfg)),
-        disk_check("outputs", run_dir),
+        disk_check(f"runs ({cfg.paths.runs})", run_dir),
     ]
     table = render(checks)
     write_text_atomic(run_dir / "doctor.md", table)
@@ -137,14 +137,14 @@ def mongodb_check(cfg: DictConfig, needed: bool) -> Check:
     )
 
 
-def tracking_check(tracking: DictConfig) -> Check:
+def tracking_check(tracking: DictConfig, store_dir: str) -> Check:
     """Every run logs to the tracking store: a server that does not answer stops every mode at start-up."""
-    from sentinel.runtime.tracking.store import LOCAL_STORE, check_reachable
+    from sentinel.runtime.tracking.store import STORE_FILE, check_reachable
 
     if tracking.backend == "none":
         return Check("tracking", True, "tracking=none: nothing recorded outside the run folder", needed=False)
     if not tracking.uri.strip():
-        return Check("tracking", True, f"MLflow, local store {LOCAL_STORE} (no server needed)")
+        return Check("tracking", True, f"MLflow, local store {Path(store_dir) / STORE_FILE} (no server needed)")
     try:
         check_reachable(tracking.uri, tracking.timeout_s)
     except SentinelError as error:

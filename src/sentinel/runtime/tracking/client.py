@@ -38,6 +38,7 @@ from sentinel.runtime.tracking.store import (
     ensure_experiment,
     ensure_registered_model,
     follow_moved_project,
+    local_store_dir,
     local_store_lock,
     mark_dead_runs_killed,
     tracking_uri,
@@ -258,13 +259,15 @@ def start_tracking(cfg: DictConfig, run_dir: Path, launch_dir: Path, record: str
     (as Ultralytics hands its integrations to the trainer); `Tracker()` logs nothing (tracking=none)."""
     if plain(cfg.tracking.backend) == "none":
         return Tracker()
-    uri = tracking_uri(cfg.tracking.uri, launch_dir)
+    store_dir = local_store_dir(launch_dir, cfg.paths.tracking)
+    uri = tracking_uri(cfg.tracking.uri, store_dir)
     check_reachable(uri, cfg.tracking.timeout_s)
     spec = RunSpec(
         uri=uri,
         timeout_s=float(cfg.tracking.timeout_s),
         experiment=experiment_name(cfg),
         launch_dir=str(launch_dir),
+        store_dir=str(store_dir),
         run_dir=str(run_dir),
         run_name=run_name(cfg, run_dir),
         tags=run_tags(cfg, run_dir, launch_dir),
@@ -285,6 +288,7 @@ class RunSpec:
     timeout_s: float
     experiment: str
     launch_dir: str
+    store_dir: str  # where the local store (tracking.uri "") is: paths.tracking under the launch folder
     run_dir: str
     run_name: str
     tags: dict[str, Any]
@@ -306,9 +310,9 @@ def open_mlflow_run(spec: RunSpec) -> MlflowTracker:
     uri, run_dir = spec.uri, Path(spec.run_dir)
     with local_store_lock(uri, spec.timeout_s):
         client = MlflowClient(tracking_uri=uri, registry_uri=uri)  # opens (and may create) the store
-        experiment_id = ensure_experiment(client, spec.experiment, uri, Path(spec.launch_dir))
-        if uri == tracking_uri("", Path(spec.launch_dir)):
-            follow_moved_project(Path(uri.removeprefix("sqlite:///")), Path(spec.launch_dir))
+        experiment_id = ensure_experiment(client, spec.experiment, uri, Path(spec.store_dir))
+        if uri == tracking_uri("", Path(spec.store_dir)):
+            follow_moved_project(Path(uri.removeprefix("sqlite:///")), Path(spec.store_dir))
     mark_dead_runs_killed(client, experiment_id, spec.pid)
     run_id = previous_run_id(run_dir, uri, client)
     if run_id:

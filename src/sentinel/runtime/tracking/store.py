@@ -20,22 +20,22 @@ from sentinel.runtime.redaction import redact
 log = logging.getLogger(__name__)
 
 
-LOCAL_STORE = Path("outputs") / "mlflow.db"  # relative to the launch folder, like Hydra's outputs/
-
-
-LOCAL_ARTIFACTS = Path("outputs") / "mlartifacts"
-
-
+STORE_FILE = "mlflow.db"  # the local store, in paths.tracking (default outputs/, beside the run folders)
+ARTIFACTS_DIR = "mlartifacts"  # the local store's artefacts, beside it
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
 
-def tracking_uri(uri: str, launch_dir: Path) -> str:
-    """`tracking.uri`, or the local SQLite store under the launch folder's outputs/."""
+def local_store_dir(launch_dir: Path, folder: str) -> Path:
+    """`paths.tracking` as a folder: relative to the launch folder, like the run folders."""
+    return launch_dir / Path(folder).expanduser()
+
+
+def tracking_uri(uri: str, store_dir: Path) -> str:
+    """`tracking.uri`, or the local SQLite store in `store_dir` (local_store_dir)."""
     if uri.strip():
         return uri.strip()
-    store = launch_dir / LOCAL_STORE
-    store.parent.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{store}"
+    store_dir.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{store_dir / STORE_FILE}"
 
 
 @contextlib.contextmanager
@@ -140,7 +140,7 @@ def _basic_auth() -> tuple[str, str] | None:
     return (user, password) if user and password else None
 
 
-def ensure_experiment(client: Any, name: str, uri: str, launch_dir: Path) -> str:
+def ensure_experiment(client: Any, name: str, uri: str, store_dir: Path) -> str:
     """The experiment's id, creating it (with artefacts beside a local store, not in ./mlruns) if needed."""
     found = client.get_experiment_by_name(name)
     if found is not None and found.lifecycle_stage == "deleted":  # MLflow keeps the name, and refuses runs in it
@@ -149,7 +149,7 @@ def ensure_experiment(client: Any, name: str, uri: str, launch_dir: Path) -> str
             f"restore --experiment-id {found.experiment_id}) or record elsewhere (tracking.experiment=<another>)"
         )
     if found is None:
-        location = (launch_dir / LOCAL_ARTIFACTS).resolve().as_uri() if uri.startswith("sqlite:") else None
+        location = (store_dir / ARTIFACTS_DIR).resolve().as_uri() if uri.startswith("sqlite:") else None
         with contextlib.suppress(Exception):  # another process may create it between our two calls
             client.create_experiment(name, artifact_location=location)
         found = client.get_experiment_by_name(name)
@@ -171,7 +171,7 @@ ARTIFACT_COLUMNS = (  # MLflow 3's SQL schema: where a local store keeps artefac
 )
 
 
-def follow_moved_project(store: Path, launch_dir: Path) -> None:
+def follow_moved_project(store: Path, store_dir: Path) -> None:
     """The default local store's artefact locations name the folder beside it, wherever the project now is.
 
     MLflow keeps absolute artefact locations in the store; after `mv project elsewhere` every new run would
@@ -181,13 +181,14 @@ def follow_moved_project(store: Path, launch_dir: Path) -> None:
     """
     import sqlite3
 
-    new = (launch_dir / LOCAL_ARTIFACTS).resolve().as_uri()
+    new = (store_dir / ARTIFACTS_DIR).resolve().as_uri()
+    layout = f"/{store_dir.name}/{ARTIFACTS_DIR}"  # the folder beside the store, under its old path
     try:
         with contextlib.closing(sqlite3.connect(store)) as db, db:
             olds = {
                 location
                 for (location,) in db.execute("SELECT artifact_location FROM experiments")
-                if location and location.startswith("file://") and location.endswith("/outputs/mlartifacts")
+                if location and location.startswith("file://") and location.endswith(layout)
             } - {new}
             for old in olds:
                 for table, column in ARTIFACT_COLUMNS:  # names from the constant above, never from input
