@@ -33,21 +33,18 @@ def fresh_run_dir(path: str) -> str:
 
 
 def from_launch_dir(path: str) -> str:
-    return str(Path(os.getcwd()) / Path(path).expanduser())
-
-
-def register_resolvers() -> None:
-    """`${sentinel.launch_dir:}`: the folder train.py was launched from, as an absolute path.
+    """`${sentinel.from_launch_dir:PATH}`: PATH under the folder train.py was launched from, as an absolute path
+    (an absolute PATH as it is).
 
     Cached in the config (use_cache), so Hydra's copy of the sweep's resolved values reaches each job of a
     Ray-launcher sweep: the job writes under the launch folder, not under its worker's working folder.
     (`${hydra:runtime.cwd}` cannot serve: Hydra resolves `hydra.sweep.dir` before it sets HydraConfig.)
-
-    `${sentinel.fresh_run_dir:PATH}`: fresh_run_dir above. `${sentinel.from_launch_dir:PATH}`: PATH under the
-    launch folder as an absolute path (an absolute PATH as it is), cached for the same reason as launch_dir.
     """
-    if not OmegaConf.has_resolver("sentinel.launch_dir"):
-        OmegaConf.register_new_resolver("sentinel.launch_dir", os.getcwd, use_cache=True)
+    return str(Path(os.getcwd()) / Path(path).expanduser())
+
+
+def register_resolvers() -> None:
+    """`${sentinel.fresh_run_dir:PATH}` (hydra.run.dir) and `${sentinel.from_launch_dir:PATH}` (hydra.sweep.dir)."""
     if not OmegaConf.has_resolver("sentinel.fresh_run_dir"):
         OmegaConf.register_new_resolver("sentinel.fresh_run_dir", fresh_run_dir, use_cache=True)
     if not OmegaConf.has_resolver("sentinel.from_launch_dir"):
