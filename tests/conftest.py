@@ -115,6 +115,12 @@ def run_train(args: list[str], cwd: Path, env: dict[str, str] | None = None, tim
     )
 
 
+# Tracking off, for runs whose test checks something else: starting MLflow costs each tracked train.py ~2.5 s
+# of CPU and of waiting at its end (108 tracked runs: 4.6 min of the suite). What tracking records, and that
+# tracking never changes a run's outcome, is checked with it on (test_tracking.py,
+# reliability/test_runs_and_tracking.py, test_secrets.py, test_readme.py).
+UNTRACKED = "tracking=none"
+
 # The default local MLflow store (tracking=mlflow, with the lock taken while it is set up) lives beside the
 # run folders, under the launch folder.
 TRACKING_STORE = ("outputs/mlflow.db", "outputs/.mlflow.db.lock", "outputs/mlartifacts/")
@@ -129,8 +135,9 @@ def outside_run_and_data(relative_path: str) -> bool:
 
 def mine_args(tmp_path: Path) -> list[str]:
     """Overrides that select a user's dataset `mine`, defined in tmp_path/conf/datasets/mine.yaml, and keep
-    the run folder (tmp_path/run) and data_dir (tmp_path/data) inside tmp_path."""
+    the run folder (tmp_path/run) and data_dir (tmp_path/data) inside tmp_path; untracked."""
     return [
+        UNTRACKED,
         f"hydra.searchpath=[file://{tmp_path / 'conf'}]",
         "datasets=[mine]",
         f"data_dir={tmp_path}/data",

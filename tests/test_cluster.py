@@ -23,7 +23,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import free_port, kill_process_tree, run_train, start_train
+from conftest import UNTRACKED, free_port, kill_process_tree, run_train, start_train
 
 pytestmark = pytest.mark.slow
 RAY = str(Path(sys.executable).parent / "ray")
@@ -146,6 +146,7 @@ def test_a_grpc_server_that_greets_with_http2_settings_is_ray_and_one_with_text_
 def tune_args(address: str, tmp_path: Path) -> list[str]:
     return [
         "experiment=demo",
+        UNTRACKED,
         "mode=tune",
         f"hardware.ray_address={address}",
         "hardware.cpu_per_trial=1",
@@ -157,12 +158,15 @@ def tune_args(address: str, tmp_path: Path) -> list[str]:
 
 
 def test_a_node_without_the_dataset_stops_the_search_before_any_trial_naming_it(tmp_path):
-    prep = run_train(["experiment=demo", "mode=prep", f"data_dir={tmp_path / 'data'}", "hydra.run.dir=prep"], tmp_path)
+    prep = run_train(
+        ["experiment=demo", UNTRACKED, "mode=prep", f"data_dir={tmp_path / 'data'}", "hydra.run.dir=prep"], tmp_path
+    )
     assert prep.returncode == 0, prep.stderr[-3000:]
     with cluster(second_node_hides=tmp_path / "data") as running:
         doctor = run_train(
             [
                 "experiment=demo",
+                UNTRACKED,
                 "mode=doctor",
                 f"hardware.ray_address={running.address}",
                 f"data_dir={tmp_path / 'data'}",
@@ -181,7 +185,9 @@ def test_a_node_without_the_dataset_stops_the_search_before_any_trial_naming_it(
 
 
 def test_with_dataset_sync_a_node_without_the_dataset_gets_a_copy_and_runs_trials(tmp_path):
-    prep = run_train(["experiment=demo", "mode=prep", f"data_dir={tmp_path / 'data'}", "hydra.run.dir=prep"], tmp_path)
+    prep = run_train(
+        ["experiment=demo", UNTRACKED, "mode=prep", f"data_dir={tmp_path / 'data'}", "hydra.run.dir=prep"], tmp_path
+    )
     assert prep.returncode == 0, prep.stderr[-3000:]
     with cluster(second_node_hides=tmp_path / "data") as running:
         result = run_train([*tune_args(running.address, tmp_path), "hardware.dataset_sync=true"], cwd=tmp_path)
@@ -224,7 +230,9 @@ def test_a_trial_on_a_lost_node_is_retried_and_the_search_accounts_for_every_tri
     epochs, grace, seen_below = 16, 12, 3  # a trial seen with < 3 epochs is still far from its first rung
     with cluster() as running:
         node = second_node_id(running.address)
-        args = [*tune_args(running.address, tmp_path), f"tune.epochs={epochs}", f"tune.grace_period={grace}"]
+        # Two trials, one per node: the one on the lost node, and one that makes the retry wait for a free CPU.
+        args = [*tune_args(running.address, tmp_path), "tune.num_samples=2", f"tune.epochs={epochs}"]
+        args.append(f"tune.grace_period={grace}")
         # Ray writes trial results in its staging folder and copies them into the run folder when it saves
         # the experiment's state: every second here, so the test sees each epoch while the trial runs.
         process = start_train([*args, "hardware.max_failures=2"], cwd=tmp_path, env={"TUNE_GLOBAL_CHECKPOINT_S": "1"})
@@ -237,7 +245,7 @@ def test_a_trial_on_a_lost_node_is_retried_and_the_search_accounts_for_every_tri
             if process.poll() is None:
                 kill_process_tree(process)
     rows = list(csv.DictReader((tmp_path / "run" / "tune" / "results.csv").open()))
-    assert len(rows) == 4 and all(row["ended"] in ("completed", "stopped early") for row in rows), rows
+    assert len(rows) == 2 and all(row["ended"] in ("completed", "stopped early") for row in rows), rows
     lost = next(row for row in rows if row["trial"] == trial)
     reports = [json.loads(line) for line in (tmp_path / "run" / "ray_tune" / trial / "result.json").open()]
     assert reports[0]["node_id"] == node and reports[-1]["node_id"] != node  # retried on the other node
@@ -253,6 +261,7 @@ def test_a_ray_launcher_sweep_on_the_cluster_writes_job_folders_where_it_was_lau
             f"hydra.launcher.ray.init.address={two_node_cluster_of.address}",
             *(
                 "experiment=demo",
+                UNTRACKED,
                 "mode=finetune",
                 "model.epochs=1",
                 "augmentation.close_mosaic=0",

@@ -12,11 +12,11 @@ import pytest
 import yaml
 
 from builders import last_epoch_rate
-from conftest import kill_process_tree, run_train, start_train
+from conftest import UNTRACKED, kill_process_tree, run_train, start_train
 
 pytestmark = pytest.mark.slow
 
-TINY = ["experiment=tiny"]  # conf/experiment/tiny.yaml: the demo at 2 epochs, 2 trials
+TINY = ["experiment=tiny", UNTRACKED]  # conf/experiment/tiny.yaml: the demo at 2 epochs, 2 trials
 
 
 def train(tmp_path: Path, *args: str, run: str | None = None) -> subprocess.CompletedProcess:

@@ -19,12 +19,13 @@ import pytest
 import yaml
 
 from builders import last_epoch_rate
-from conftest import EXPECTED_SKIP, kill_process_tree, run_train, start_train
+from conftest import EXPECTED_SKIP, UNTRACKED, kill_process_tree, run_train, start_train
 
 pytestmark = pytest.mark.slow
 
 TINY = [
     "experiment=demo",
+    UNTRACKED,
     "model.imgsz=64",
     "model.batch=16",
     "tune.epochs=3",
@@ -291,7 +292,8 @@ def last_report_times(ray_dir: Path) -> dict[str, float]:
 
 
 def test_killed_search_resumes_without_redoing_finished_trials(tmp_path):
-    args = tune_args(tmp_path, "first", "tune.num_samples=4", "hardware.max_concurrent_trials=1", "tune.grace_period=2")
+    # Three trials one at a time: the kill lands with one finished, one running and one not started.
+    args = tune_args(tmp_path, "first", "tune.num_samples=3", "hardware.max_concurrent_trials=1", "tune.grace_period=2")
     # Ray saves its experiment state every >=10 s by default; every second here, so the kill lands between
     # a saved finished trial and a running one (TUNE_GLOBAL_CHECKPOINT_S is Ray's own setting).
     process = start_train(args, cwd=tmp_path, env={"TUNE_GLOBAL_CHECKPOINT_S": "1"})
@@ -306,7 +308,7 @@ def test_killed_search_resumes_without_redoing_finished_trials(tmp_path):
         tune_args(
             tmp_path,
             "second",
-            "tune.num_samples=4",
+            "tune.num_samples=3",
             f"tune.resume={first}",
             "hardware.max_concurrent_trials=1",
             "tune.grace_period=2",
@@ -314,7 +316,7 @@ def test_killed_search_resumes_without_redoing_finished_trials(tmp_path):
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert len(read_rows(tmp_path / "second")) == 4
+    assert len(read_rows(tmp_path / "second")) == 3
     # Not run again: the last epoch each finished trial reported, in the state the resumed search saved at
     # its end, predates the kill. (Not its result.json: Ray copies that into the run folder in the background,
     # so the kill can land before a finished trial's lines reach it, and the resumed search has no reason to
@@ -338,7 +340,7 @@ def wait_for_one_finished_and_one_running(process: subprocess.Popen, ray_dir: Pa
 
 
 def test_ctrl_c_leaves_an_unfinished_search_that_resume_latest_continues(tmp_path):
-    args = tune_args(tmp_path, "first", "tune.num_samples=4", "hardware.max_concurrent_trials=1", "tune.grace_period=2")
+    args = tune_args(tmp_path, "first", "tune.num_samples=3", "hardware.max_concurrent_trials=1", "tune.grace_period=2")
     process = start_train(args, cwd=tmp_path, env={"TUNE_GLOBAL_CHECKPOINT_S": "1"})
     first = tmp_path / "first"
     finished = wait_for_one_finished_and_one_running(process, first / "ray_tune")
@@ -349,17 +351,17 @@ def test_ctrl_c_leaves_an_unfinished_search_that_resume_latest_continues(tmp_pat
     assert not (first / "best_hparams.yaml").exists() and not (first / "tune_result.json").exists()
 
     again = tune_args(
-        tmp_path, "second", "tune.num_samples=4", "hardware.max_concurrent_trials=1", "tune.grace_period=2"
+        tmp_path, "second", "tune.num_samples=3", "hardware.max_concurrent_trials=1", "tune.grace_period=2"
     )
     result = run_train([*again, "tune.resume=latest"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert len(read_rows(tmp_path / "second")) == 4
+    assert len(read_rows(tmp_path / "second")) == 3
     assert f"Resumed the search of {first}" in (tmp_path / "second" / "tune_report.md").read_text()
     assert json.loads((first / "tune_state.json").read_text())["status"] == "done"
 
 
 def test_sigterm_during_a_search_ends_it_as_ctrl_c_does_in_one_line(tmp_path):
-    args = tune_args(tmp_path, "run", "tune.num_samples=4", "hardware.max_concurrent_trials=1", "tune.grace_period=2")
+    args = tune_args(tmp_path, "run", "tune.num_samples=3", "hardware.max_concurrent_trials=1", "tune.grace_period=2")
     with open(tmp_path / "stderr.txt", "w") as stderr:
         process = subprocess.Popen(
             [sys.executable, str(Path(__file__).resolve().parents[1] / "train.py"), *args],
@@ -398,6 +400,7 @@ def test_multirun_writes_every_jobs_folder(tmp_path, launcher):
     args = [
         "-m",
         *launcher,
+        UNTRACKED,
         "mode=prep",
         "merge.drop_leaks=true,false",
         f"data_dir={tmp_path}/data",
