@@ -38,6 +38,7 @@ format: setup
 
 bench: setup
 	$(PY) benchmarks/startup.py
+	$(PY) benchmarks/tracking.py
 	$(PY) benchmarks/prep.py
 	$(PY) benchmarks/tune.py
 	$(PY) benchmarks/finetune.py

@@ -121,9 +121,9 @@ def run_train(args: list[str], cwd: Path, env: dict[str, str] | None = None, tim
 # reliability/test_runs_and_tracking.py, test_secrets.py, test_readme.py).
 UNTRACKED = "tracking=none"
 
-# The default local MLflow store (tracking=mlflow, with the lock taken while it is set up) lives beside the
-# run folders, under the launch folder.
-TRACKING_STORE = ("outputs/mlflow.db", "outputs/.mlflow.db.lock", "outputs/mlartifacts/")
+# The default local MLflow store (tracking=mlflow, with the lock taken while it is set up, and the journals of
+# runs recorded after their train.py ended) lives beside the run folders, under the launch folder.
+TRACKING_STORE = ("outputs/mlflow.db", "outputs/.mlflow.db.lock", "outputs/mlartifacts/", "outputs/pending/")
 
 
 def outside_run_and_data(relative_path: str) -> bool:

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import requests
 import yaml
@@ -216,6 +217,33 @@ def test_the_default_local_store_needs_no_server(tmp_path):
     assert f"mlflow ui --backend-store-uri sqlite:///{store}" in result.stdout
     spent = json.loads((tmp_path / "run" / "tracking.json").read_text())["seconds"]  # what benchmarks/ reads
     assert spent["start"] > 0 and spent["logging"] > 0
+    assert not list((tmp_path / "outputs").glob("pending/*"))  # no journal left, whether train.py waited or not
+
+
+def test_a_short_command_ends_before_its_run_is_recorded_and_a_machine_stop_then_loses_nothing(tmp_path):
+    args = ["mode=prep", "merge.samples_grid=0", f"data_dir={tmp_path / 'data'}", f"hydra.run.dir={tmp_path / 'short'}"]
+    # The service is held before it says it is ready, as if it were still importing MLflow when train.py ends.
+    process = start_train(args, cwd=tmp_path, env={"SENTINEL_HOLD_AT": f"tracking.ready:{tmp_path / 'never'}"})
+    assert process.wait(timeout=300) == 0  # train.py did not wait for MLflow
+    (journal,) = (tmp_path / "outputs" / "pending").glob("*.journal")  # what the service was sent, on disk
+    service = psutil.Process(int(journal.name.split("-")[0]))
+    record = tmp_path / "short" / "tracking.json"  # written once the service has opened the run, then it holds
+    deadline = time.monotonic() + 180  # a bound on waiting for the service, not a speed check
+    while not record.is_file() and service.is_running() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    service.kill()  # the machine stops: the run is open in MLflow, and nothing more of it recorded
+    service.wait(timeout=60)
+    store = client_for(f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
+    run_id = json.loads(record.read_text())["run_id"]
+    assert store.get_run(run_id).info.status == "RUNNING" and not store.get_run(run_id).data.metrics
+
+    result = run_train(["mode=compare", "compare.metric=prep/kept", "hydra.run.dir=cmp"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = store.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.metrics["prep/kept"] > 0  # recorded from the journal
+    assert run.data.params["mode"] == "prep" and not journal.exists()
+    assert [r.info.run_id for r in runs_of(store, "sentinel", "tags.`sentinel.mode` = 'prep'")] == [run_id]
+    assert run.info.run_name in (tmp_path / "cmp" / "compare.md").read_text()  # compare waited for it
 
 
 def test_an_unreachable_server_fails_at_start_up_in_one_line(tmp_path):
@@ -246,8 +274,8 @@ def test_a_run_whose_train_py_is_killed_is_marked_killed_by_its_tracking_service
 
 def test_a_run_whose_tracking_service_died_is_marked_killed_by_the_next_start(tmp_path):
     data = f"data_dir={tmp_path / 'data'}"
-    first = run_train(
-        ["mode=prep", data, f"hydra.run.dir={tmp_path / 'first'}"],
+    first = run_train(  # tracking.wait: train.py waits for its service at the end, however short the run
+        ["mode=prep", data, "tracking.wait=true", f"hydra.run.dir={tmp_path / 'first'}"],
         cwd=tmp_path,
         env={"SENTINEL_KILL_AFTER": "tracking.opened:1"},  # the service dies by SIGKILL once the run is open
     )

@@ -293,6 +293,7 @@ class TrackingConfig:
     experiment: str = ""  # "" = the experiment preset's name, else "sentinel"
     register_model: bool = True
     timeout_s: float = 10.0
+    wait: bool = False  # True: wait at the end until MLflow has the run, however short the command
 
 
 @dataclass

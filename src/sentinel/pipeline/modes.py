@@ -9,7 +9,6 @@ inputs (sentinel.runtime.runs keeps that index), so a rerun after a crash contin
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -155,12 +154,13 @@ def run_in_folder(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         raise
     record_results(cfg, tracker, run_dir, results, dataset)
     write_run_status(run_dir, mode.value, "FINISHED")
-    tracker.end("FINISHED")
-    if kept and (run_dir / RERUN_RECORD).is_file():  # this rerun finished: the folder's record is now its
-        os.replace(run_dir / RERUN_RECORD, run_dir / RUN_RECORD)
+    tracker.end("FINISHED")  # a rerun's record (RERUN_RECORD) becomes the folder's once its run is recorded
     print(summary(run_dir, results))
     if tracker.run_id:
         print(f"  {'tracking:':<10}MLflow run {tracker.run_id} ({tracking_hint(cfg)})")
+    elif tracker.detached:
+        record = run_dir / RUN_RECORD
+        print(f"  {'tracking:':<10}recording the MLflow run now ({record} names it; {tracking_hint(cfg)})")
     if tracker.incomplete:
         print(f"  {'':<10}not fully tracked: {tracker.incomplete}")
     return results

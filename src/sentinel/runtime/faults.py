@@ -4,7 +4,9 @@ A test that sends SIGKILL after a sleep races the work (a fast machine finishes 
 started). Instead the test sets `SENTINEL_KILL_AFTER=<point>:<n>` and the process kills itself with SIGKILL
 the n-th time it passes `kill_point("<point>")` — a place in the code where a crash is worth proving safe.
 `SENTINEL_RAISE_AT=<point>` raises a RuntimeError there instead: an unforeseen error, to prove it reaches
-the user as one line and the log as a full traceback. Unset (always, outside tests), a kill point costs
+the user as one line and the log as a full traceback. `SENTINEL_HOLD_AT=<point>:<file>` holds the process at
+`hold_point("<point>")` until the test creates <file>: a moment that is otherwise a race (a service still
+starting when train.py ends) made certain. Unset (always, outside tests), a kill point costs
 two dictionary look-ups.
 """
 
@@ -13,10 +15,13 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 from collections import Counter
 
 KILL_ENV = "SENTINEL_KILL_AFTER"
 RAISE_ENV = "SENTINEL_RAISE_AT"
+HOLD_ENV = "SENTINEL_HOLD_AT"
+HOLD_LIMIT_S = 600.0  # a test that never releases the hold fails on its own time limit, not a hang
 _passes: Counter[str] = Counter()
 _lock = threading.Lock()
 
@@ -36,3 +41,16 @@ def kill_point(point: str) -> None:
         reached = _passes[point] >= int(count or 1)
     if reached:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def hold_point(point: str) -> None:
+    """Wait here until the file SENTINEL_HOLD_AT names exists, if it names this point (at most HOLD_LIMIT_S)."""
+    wanted = os.environ.get(HOLD_ENV)
+    if not wanted:
+        return
+    name, _, release = wanted.partition(":")
+    if name != point:
+        return
+    deadline = time.monotonic() + HOLD_LIMIT_S
+    while not os.path.exists(release) and time.monotonic() < deadline:
+        time.sleep(0.05)

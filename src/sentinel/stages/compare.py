@@ -110,7 +110,11 @@ def runs_from_store(cfg: DictConfig, launch_dir: Path) -> tuple[list[ComparedRun
     """
     from mlflow.tracking import MlflowClient
 
-    uri = tracking_uri(cfg.tracking.uri, local_store_dir(launch_dir, cfg.paths.tracking))
+    from sentinel.runtime.tracking.service import settle_pending_runs
+
+    store_dir = local_store_dir(launch_dir, cfg.paths.tracking)
+    uri = tracking_uri(cfg.tracking.uri, store_dir)
+    settle_pending_runs(store_dir, cfg.tracking.timeout_s)  # short runs recorded after their train.py ended
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         return [], f"{uri} (no store yet)"  # opening it would create it, racing this run's own tracking
     check_local_store(uri)

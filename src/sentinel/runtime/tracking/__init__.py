@@ -15,5 +15,6 @@
 - The run's id is kept in the run folder (tracking.json), so rerunning in the same folder continues the
   same MLflow run; a run whose process died (SIGKILL, power cut) is marked KILLED by the next start.
 - The MLflow work runs in a tracking service, a process of its own (client.ServiceTracker, service.py):
-  train.py sends it each call and goes on; it waits for the service only at the end of the run.
+  train.py sends it each call and goes on; at the end it waits for a service that is ready, and leaves one
+  still starting (a short command) a journal to finish from after train.py has exited (pending.py).
 """

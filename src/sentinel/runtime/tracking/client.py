@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import pickle
+import select
 import subprocess
 import sys
 import time
@@ -33,6 +34,7 @@ from sentinel.runtime.tracking.names import (
     run_name,
     run_tags,
 )
+from sentinel.runtime.tracking.pending import write_journal
 from sentinel.runtime.tracking.store import (
     check_reachable,
     ensure_experiment,
@@ -62,6 +64,7 @@ class Tracker:
 
     run_id = ""
     incomplete = ""  # after `end`: why the MLflow run misses something ("" when it holds everything)
+    detached = False  # after `end`: the tracking service records the run after train.py has exited
 
     def log_params(self, params: Mapping[str, Any]) -> None: ...
 
@@ -249,6 +252,8 @@ class MlflowTracker(Tracker):
             if self.problem:
                 record["incomplete"] = self.problem
             write_json_atomic(self.record, record)
+            if self.record.name == RERUN_RECORD and status == "FINISHED":  # the folder's record is now this run's
+                os.replace(self.record, self.record.with_name(RUN_RECORD))
         except (SentinelError, OSError) as error:
             log.warning("tracking: could not add the time spent to %s: %s", self.record, error)
 
@@ -276,7 +281,7 @@ def start_tracking(cfg: DictConfig, run_dir: Path, launch_dir: Path, record: str
         log_file=_log_file(),
         record=record,
     )
-    return ServiceTracker.start(spec, run_dir / record)
+    return ServiceTracker.start(spec, run_dir / record, wait=bool(cfg.tracking.wait))
 
 
 @dataclass(frozen=True)
@@ -334,25 +339,36 @@ class ServiceTracker(Tracker):
     """The tracker in train.py's process: each call goes, in order, to the run's tracking service
     (`python -m sentinel.runtime.tracking.service`), which does the MLflow work beside the training.
 
-    Why a process of its own: importing MLflow and opening its store cost ~1.5 s of CPU before the first
-    epoch (profiled: MLflow's package import ~1 s, its SQLAlchemy store ~0.5 s) and a thread would hold the
-    same interpreter; the service does it on another core while train.py starts training, and a slow
-    tracking server delays no epoch. train.py waits for it only at the end (`end`), when it prints where
-    the run is. A service that dies is a warning and tracking stops, like a failed call.
+    Why a process of its own: importing MLflow and opening its store cost ~2.5 s of CPU (profiled: MLflow's
+    package import ~1.5 s, its SQLAlchemy store ~0.5 s) and a thread would hold the same interpreter; the
+    service does it on another core while train.py works, and a slow tracking server delays no epoch. At the
+    end, train.py waits for a service that is ready (its run open: any run longer than a few seconds), so it
+    can print the run and any problem; one still starting gets the calls as a journal (pending.py) and
+    finishes after train.py has exited, so a short command stays short. A service that dies is a warning
+    and tracking stops, like a failed call.
     """
 
-    def __init__(self, process: subprocess.Popen[bytes], record: Path, wait_s: float) -> None:
-        self.process, self.record, self.wait_s = process, record, wait_s
+    def __init__(
+        self, process: subprocess.Popen[bytes], record: Path, spec: RunSpec, ready_fd: int, wait: bool
+    ) -> None:
+        self.process, self.record, self.store_dir, self.wait = process, record, Path(spec.store_dir), wait
+        self.wait_s = max(120.0, 20 * spec.timeout_s)
+        self.ready_fd = ready_fd  # the service writes one byte once its run is open; EOF: it gave up
+        self.sent: list[Any] = []  # every message, for the journal
         self.failed = False
+        self.detached = False
 
     @classmethod
-    def start(cls, spec: RunSpec, record: Path) -> ServiceTracker:
+    def start(cls, spec: RunSpec, record: Path, wait: bool = False) -> ServiceTracker:
+        ready_read, ready_write = os.pipe()
         process = subprocess.Popen(
-            [sys.executable, "-m", "sentinel.runtime.tracking.service"],
+            [sys.executable, "-m", "sentinel.runtime.tracking.service", str(ready_write)],
             stdin=subprocess.PIPE,
+            pass_fds=(ready_write,),
             start_new_session=True,  # Ctrl-C reaches train.py, which ends the run as KILLED through the service
         )
-        tracker = cls(process, record, wait_s=max(120.0, 20 * spec.timeout_s))
+        os.close(ready_write)
+        tracker = cls(process, record, spec, ready_read, wait)
         tracker._send(spec)
         return tracker
 
@@ -360,6 +376,7 @@ class ServiceTracker(Tracker):
         """The RunSpec first, then (method, args, kwargs) per call, pickled in order."""
         if self.failed:
             return
+        self.sent.append(message)
         try:
             pickle.dump(message, self.process.stdin)
             self.process.stdin.flush()  # type: ignore[union-attr]
@@ -389,8 +406,10 @@ class ServiceTracker(Tracker):
         self._send(("register_model", (name, artifact, dict(tags)), {}))
 
     def end(self, status: str) -> None:
-        """Let the service finish what it was sent, then read the run's id from the run folder."""
+        """Hand the service its last call: wait for it if it is ready (or gave up), else leave it a journal."""
         started = time.perf_counter()
+        if not (self.wait or self.failed or self._service_answered()) and self._detach(status):
+            return
         self._send(("end", (status,), {}))
         with contextlib.suppress(OSError):
             self.process.stdin.close()  # type: ignore[union-attr]
@@ -400,14 +419,45 @@ class ServiceTracker(Tracker):
             log.warning("tracking: the tracking service did not finish within %g s; stopped", self.wait_s)
             self.process.kill()
             self.process.wait()
+        os.close(self.ready_fd)
         if self.process.returncode != 0 and not self.failed:
             self.failed = True
             log.warning(
                 "tracking: the tracking service stopped (exit %s); the MLflow run may miss what came after",
                 self.process.returncode,
             )
+        self._read_record(status, waited=time.perf_counter() - started)
+
+    def _service_answered(self) -> bool:
+        """Whether the service has opened its run, or given up (EOF), without waiting."""
+        readable, _, _ = select.select([self.ready_fd], [], [], 0)
+        return bool(readable)
+
+    def _detach(self, status: str) -> bool:
+        """The service is still starting: write what it was sent to a journal (synced: a machine that stops
+        now loses nothing), tell it the journal is its, send the end, and let it finish on its own. False
+        when no journal could be written: then train.py waits, as for a ready service."""
         try:
-            record = read_json(self.record, "the tracking record") if self.record.is_file() else {}
+            journal = write_journal(self.store_dir, self.process.pid, [*self.sent, ("end", (status,), {})])
+        except OSError as error:
+            log.warning("tracking: no journal in %s (%s); waiting for the tracking service", self.store_dir, error)
+            return False
+        self._send(("adopt_journal", (str(journal),), {}))
+        self._send(("end", (status,), {}))
+        with contextlib.suppress(OSError):
+            self.process.stdin.close()  # type: ignore[union-attr]
+        os.close(self.ready_fd)
+        self.detached = True
+        log.info("tracking: the tracking service records the run after train.py ends (journal %s)", journal)
+        return True
+
+    def _read_record(self, status: str, waited: float) -> None:
+        """The run's id and whether anything was not recorded, from the run folder's record."""
+        path = self.record
+        if path.name == RERUN_RECORD and status == "FINISHED":  # the service made it the folder's record
+            path = path.with_name(RUN_RECORD)
+        try:
+            record = read_json(path, "the tracking record") if path.is_file() else {}
         except SentinelError as error:
             log.warning("tracking: %s", error)
             record = {}
@@ -418,10 +468,9 @@ class ServiceTracker(Tracker):
         if record.get("status") != status and self.run_id:
             self.incomplete = self.incomplete or f"its end ({status}) could not be recorded"
         if record:
-            waited = round(time.perf_counter() - started, 3)
-            seconds = {**record.get("seconds", {}), "train_py_waited": waited}
+            seconds = {**record.get("seconds", {}), "train_py_waited": round(waited, 3)}
             with contextlib.suppress(OSError):
-                write_json_atomic(self.record, {**record, "seconds": seconds})
+                write_json_atomic(path, {**record, "seconds": seconds})
 
 
 def _log_file() -> str:
