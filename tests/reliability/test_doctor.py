@@ -26,6 +26,7 @@ def test_doctor_on_the_demo_config_is_all_ok(tmp_path):
         assert row in result.stdout, row
     assert "PROBLEM" not in result.stdout
     assert (tmp_path / "run" / "doctor.md").is_file()
+    assert not (tmp_path / "outputs").exists() and not (tmp_path / "run" / "tracking.json").exists()  # no MLflow run
 
 
 def test_doctor_flags_a_missing_roboflow_key_without_a_value(tmp_path):

@@ -19,7 +19,7 @@ from sentinel.config.schema import Mode
 from sentinel.config.validate import validate
 from sentinel.dataset.merge import PrepFailed
 from sentinel.dataset.prepare import RunDataset
-from sentinel.errors import ConfigError, Interrupted
+from sentinel.errors import Interrupted
 from sentinel.runtime.redaction import redact
 from sentinel.runtime.runs import (
     refuse_other_settings,
@@ -166,16 +166,17 @@ def run_in_folder(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     return results
 
 
+# Modes that check or read and train nothing: their reports are in their run folders, and as MLflow runs they
+# would sit among the training runs.
+UNTRACKED_MODES = (Mode.doctor, Mode.compare)
+
+
 def open_tracking(cfg: DictConfig, run_dir: Path, mode: Mode, record: str) -> Tracker:
-    """This run's tracker. An unreachable server fails here, before any work, except in mode=doctor,
-    whose job is to report it next to every other problem."""
-    try:
-        return start_tracking(cfg, run_dir, launch_dir(), record)
-    except ConfigError as error:
-        if mode is not Mode.doctor:
-            raise
-        log.warning("doctor: not recorded in the tracking store: %s", error)
+    """This run's tracker (none for UNTRACKED_MODES: mode=doctor checks the tracking server itself). An
+    unreachable server fails here, before any work."""
+    if mode in UNTRACKED_MODES:
         return Tracker()
+    return start_tracking(cfg, run_dir, launch_dir(), record)
 
 
 def end_tracking(tracker: Tracker, run_dir: Path, mode: Mode, status: str, kept: bool) -> None:
