@@ -196,8 +196,19 @@ def test_help_does_not_import_heavy_libraries(tmp_path):
         f"runpy.run_path({str(REPO / 'train.py')!r}, run_name='__main__')\n"
     )
     result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True)
-    assert "datasets: coco, demo, guns, knife, parcel" in result.stdout
+    assert "datasets:     coco, demo, guns, knife, parcel" in result.stdout
     assert "HEAVY=\n" in result.stdout
+
+
+def test_help_is_short_and_lists_every_mode_and_group_but_no_internal_one(tmp_path):
+    result = run_train(["--help"], cwd=tmp_path)
+    assert result.returncode == 0 and len(result.stdout.splitlines()) < 120
+    modes = result.stdout.split("== Modes")[1].split("==")[1]
+    assert sorted(line.split()[0] for line in modes.splitlines() if line.strip()) == sorted(m.value for m in Mode)
+    groups = result.stdout.split("== Config groups")[1].split("==")[1]
+    listed = {line.split(":")[0].strip() for line in groups.splitlines() if line.strip()}
+    assert listed == {p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name != "hydra"}  # no sentinel/source
+    assert "python train.py experiment=demo mode=all" in result.stdout and "README.md" in result.stdout
 
 
 def test_run_folder_has_resolved_config_and_log_and_no_secret(tmp_path):

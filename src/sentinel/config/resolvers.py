@@ -43,8 +43,29 @@ def from_launch_dir(path: str) -> str:
     return str(Path(os.getcwd()) / Path(path).expanduser())
 
 
+INTERNAL_GROUPS = ("hydra", "sentinel")  # Hydra's own, and the source schemas conf/datasets/ builds on
+
+
+def help_groups() -> str:
+    """`${sentinel.help_groups:}` in `--help` (hydra.help.template): each config group a user picks from, with
+    its options, one line each. Hydra's $APP_CONFIG_GROUPS would list the internal `sentinel/source` too."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    loader = GlobalHydra.instance().config_loader()
+    lines = []
+    for group in sorted(loader.list_groups("")):
+        if group in INTERNAL_GROUPS:
+            continue
+        options = ", ".join(loader.get_group_options(group))
+        lines.append(f"  {group + ':':<14}{options}")
+    return "\n".join(lines)
+
+
 def register_resolvers() -> None:
-    """`${sentinel.fresh_run_dir:PATH}` (hydra.run.dir) and `${sentinel.from_launch_dir:PATH}` (hydra.sweep.dir)."""
+    """`${sentinel.fresh_run_dir:PATH}` (hydra.run.dir), `${sentinel.from_launch_dir:PATH}` (hydra.sweep.dir) and
+    `${sentinel.help_groups:}` (hydra.help.template)."""
+    if not OmegaConf.has_resolver("sentinel.help_groups"):
+        OmegaConf.register_new_resolver("sentinel.help_groups", help_groups)
     if not OmegaConf.has_resolver("sentinel.fresh_run_dir"):
         OmegaConf.register_new_resolver("sentinel.fresh_run_dir", fresh_run_dir, use_cache=True)
     if not OmegaConf.has_resolver("sentinel.from_launch_dir"):
