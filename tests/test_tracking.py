@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -152,16 +153,28 @@ def test_every_trial_is_a_nested_run_with_its_values_epochs_and_ending(demo_run)
     for trial in trials:
         assert {"lr0", "fliplr", "mosaic"} <= set(trial.data.params)
         assert client.get_metric_history(trial.info.run_id, "val/box_loss")
+        # Named by its number and values, and timed as it ran (Ray's results), not as it was logged (~20 ms).
+        number, values = trial.info.run_name.split(" · ")
+        assert re.fullmatch(r"trial [12]", number) and f"lr0={float(trial.data.params['lr0']):.3g}" in values
+        assert trial.info.end_time - trial.info.start_time > 1000
+    assert len({t.info.run_name for t in trials}) == 2
 
 
 def test_reports_weights_and_exports_are_artifacts_and_the_weights_a_model_version(demo_run):
-    _, client, run, _ = demo_run
+    run_dir, client, run, _ = demo_run
     top = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"sentinel.pt", "metrics.json", "prep_report.md", "best_hparams.yaml", "tune_report.md"} <= top
     assert "export" in top and "ray_tune" not in top
     versions = client.search_model_versions(f"run_id = '{run.info.run_id}'")
     assert len(versions) == 1 and versions[0].name == "sentinel" and versions[0].source.endswith("/sentinel.pt")
     assert versions[0].tags["dataset"] == run.data.tags["sentinel.dataset"]
+    assert versions[0].description == (run_dir / "model_card.md").read_text()  # the registry shows the card
+
+
+def test_the_runs_list_shows_mode_preset_and_time_and_the_run_page_the_test_table(demo_run):
+    run_dir, _, run, _ = demo_run
+    assert re.fullmatch(r"all · demo · \d\d:\d\d:\d\d", run.info.run_name)
+    assert run.data.tags["mlflow.note.content"] == (run_dir / "metrics.md").read_text()
 
 
 def test_the_model_card_agrees_with_metrics_the_prep_report_and_the_weights(demo_run):

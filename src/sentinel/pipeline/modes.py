@@ -28,7 +28,13 @@ from sentinel.runtime.runs import (
     write_run_status,
     write_text_atomic,
 )
-from sentinel.runtime.tracking.client import RERUN_RECORD, RUN_RECORD, Tracker, start_tracking
+from sentinel.runtime.tracking.client import (
+    MAX_DESCRIPTION_CHARS,
+    RERUN_RECORD,
+    RUN_RECORD,
+    Tracker,
+    start_tracking,
+)
 from sentinel.runtime.tracking.store import STORE_FILE, local_store_dir
 
 log = logging.getLogger(__name__)
@@ -198,8 +204,11 @@ def launch_dir() -> Path:
 def record_results(
     cfg: DictConfig, tracker: Tracker, run_dir: Path, results: dict[str, Any], dataset: RunDataset
 ) -> None:
-    """The run folder as artefacts, and fine-tuned weights as a new registered model version."""
+    """The run folder as artefacts, the test table as the run's description (what MLflow's run page shows
+    first), and fine-tuned weights as a new registered model version, described by its model card."""
     tracker.log_run_folder(run_dir)
+    if "evaluate" in results and (run_dir / "metrics.md").is_file():
+        tracker.set_tags({"mlflow.note.content": (run_dir / "metrics.md").read_text()[:MAX_DESCRIPTION_CHARS]})
     finetuned = results.get("finetune")
     if finetuned is None or finetuned.skipped or not cfg.tracking.register_model:
         return  # weights reused from an earlier run were registered by that run
@@ -207,7 +216,11 @@ def record_results(
     if "evaluate" in results:
         tags.update({f"test.{k}": round(v, 4) for k, v in results["evaluate"].metrics["means"].items()})
     artifact = finetuned.weights.relative_to(run_dir).as_posix()  # log_run_folder keeps the folder's layout
-    tracker.register_model(Path(cfg.model.output_name).stem, artifact, tags)
+    from sentinel.model.card import CARD
+
+    card = finetuned.weights.parent / f"{CARD}.md"
+    description = card.read_text() if card.is_file() else ""
+    tracker.register_model(Path(cfg.model.output_name).stem, artifact, tags, description)
 
 
 def tracking_hint(cfg: DictConfig) -> str:

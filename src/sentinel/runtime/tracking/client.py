@@ -33,6 +33,7 @@ from sentinel.runtime.tracking.names import (
     plain,
     run_name,
     run_tags,
+    trial_run_name,
 )
 from sentinel.runtime.tracking.pending import write_journal
 from sentinel.runtime.tracking.store import (
@@ -52,6 +53,7 @@ RUN_RECORD = "tracking.json"  # in the run folder: which MLflow run records it
 # A rerun in a folder whose run finished records itself here, and replaces tracking.json only once it has
 # finished too: a rerun that fails leaves the folder's record (and its MLflow run) as the finished run left it.
 RERUN_RECORD = ".tracking-rerun.json"
+MAX_DESCRIPTION_CHARS = 5000  # a run's note (mlflow.note.content) or a model version's description, shown whole
 BATCH = 100  # MLflow takes at most 100 params or tags (1000 metrics) per log_batch call
 # Logged as artefacts at the end of a run: everything in the run folder except Ray's trial folders (each
 # trial's weights; the best one is kept in tune/best_trial/), Ultralytics' last.pt (a resume point) and the
@@ -78,7 +80,7 @@ class Tracker:
 
     def log_trials(self, rows: list[dict[str, Any]], params: list[str], best_trial: str) -> None: ...
 
-    def register_model(self, name: str, artifact: str, tags: Mapping[str, Any]) -> None: ...
+    def register_model(self, name: str, artifact: str, tags: Mapping[str, Any], description: str = "") -> None: ...
 
     def end(self, status: str) -> None: ...
 
@@ -182,23 +184,27 @@ class MlflowTracker(Tracker):
         from mlflow.entities import Metric, Param
 
         existing = self._call("reading trials", self._trial_runs) or {}
-        for row in rows:
+        for number, row in enumerate(rows, start=1):
             if row["trial"] in existing:  # a resumed search: logged by the earlier attempt
                 continue
             ended = {"completed": "FINISHED", "stopped early": "FINISHED"}.get(row["ended"], "FAILED")
             tags = {
                 "mlflow.parentRunId": self.run_id,
-                "mlflow.runName": row["trial"],
+                "mlflow.runName": trial_run_name(trial_number(row["trial"], number), {p: row.get(p) for p in params}),
                 "sentinel.trial": row["trial"],
                 "sentinel.ended": "stopped by ASHA" if row["ended"] == "stopped early" else row["ended"],
                 "sentinel.best_trial": str(row["trial"] == best_trial).lower(),
             }
-            run = self._call("creating a trial run", self.client.create_run, self.experiment_id, tags=tags)
+            epochs = list(_trial_epochs(Path(row["path"])))
+            started, finished = trial_times(epochs)  # when it ran, from Ray's results, not when it is logged
+            run = self._call(
+                "creating a trial run", self.client.create_run, self.experiment_id, start_time=started, tags=tags
+            )
             if run is None:
                 return
             metrics = [
                 Metric(metric_name(k), float(v), int(epoch["timestamp"] * 1000), int(epoch["training_iteration"]))
-                for epoch in _trial_epochs(Path(row["path"]))
+                for epoch in epochs
                 for k, v in epoch.items()
                 if is_number(v) and (k.startswith(("metrics/", "val/", "train/")) or k == "epoch")
             ]
@@ -207,7 +213,7 @@ class MlflowTracker(Tracker):
                 self._call("logging a trial", self.client.log_batch, run.info.run_id, metrics=chunk)
             for chunk in _chunks(values, BATCH):
                 self._call("logging a trial", self.client.log_batch, run.info.run_id, params=chunk)
-            self._call("ending a trial run", self.client.set_terminated, run.info.run_id, ended)
+            self._call("ending a trial run", self.client.set_terminated, run.info.run_id, ended, end_time=finished)
         self.set_tags({"sentinel.best_trial": best_trial})
 
     def _trial_runs(self) -> dict[str, str]:
@@ -216,8 +222,9 @@ class MlflowTracker(Tracker):
         )
         return {r.data.tags.get("sentinel.trial", ""): r.info.run_id for r in runs}
 
-    def register_model(self, name: str, artifact: str, tags: Mapping[str, Any]) -> None:
-        """A new version of registered model `name` whose source is `artifact` (the weights' path in this run)."""
+    def register_model(self, name: str, artifact: str, tags: Mapping[str, Any], description: str = "") -> None:
+        """A new version of registered model `name` whose source is `artifact` (the weights' path in this run),
+        described by `description` (the model card)."""
         run = self._call("reading the run", self.client.get_run, self.run_id)
         if run is None:
             return
@@ -230,6 +237,7 @@ class MlflowTracker(Tracker):
             f"{run.info.artifact_uri}/{artifact}",
             run_id=self.run_id,
             tags={"sentinel.output_name": artifact, **{k: redact(str(v)) for k, v in tags.items()}},
+            description=redact(description)[:MAX_DESCRIPTION_CHARS] or None,
         )
         if version is not None:
             log.info("tracking: weights registered as model %r version %s", registered, version.version)
@@ -274,7 +282,7 @@ def start_tracking(cfg: DictConfig, run_dir: Path, launch_dir: Path, record: str
         launch_dir=str(launch_dir),
         store_dir=str(store_dir),
         run_dir=str(run_dir),
-        run_name=run_name(cfg, run_dir),
+        run_name=run_name(cfg),
         tags=run_tags(cfg, run_dir, launch_dir),
         params=flatten(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)),  # `all`, not `Mode.all`
         pid=os.getpid(),
@@ -402,8 +410,8 @@ class ServiceTracker(Tracker):
     def log_trials(self, rows: list[dict[str, Any]], params: list[str], best_trial: str) -> None:
         self._send(("log_trials", (rows, params, best_trial), {}))
 
-    def register_model(self, name: str, artifact: str, tags: Mapping[str, Any]) -> None:
-        self._send(("register_model", (name, artifact, dict(tags)), {}))
+    def register_model(self, name: str, artifact: str, tags: Mapping[str, Any], description: str = "") -> None:
+        self._send(("register_model", (name, artifact, dict(tags), description), {}))
 
     def end(self, status: str) -> None:
         """Hand the service its last call: wait for it if it is ready (or gave up), else leave it a journal."""
@@ -495,6 +503,22 @@ def _trial_epochs(trial_dir: Path) -> Iterator[dict[str, Any]]:
     for line in result.read_text().splitlines():
         if line.strip():
             yield json.loads(line)
+
+
+def trial_number(trial_id: str, fallback: int) -> int:
+    """A trial's number in its search, counted from 1: Ray's trial ids end in the index (`8b553_00003` → 4)."""
+    index = trial_id.rsplit("_", 1)[-1]
+    return int(index) + 1 if index.isdigit() else fallback
+
+
+def trial_times(epochs: list[dict[str, Any]]) -> tuple[int | None, int | None]:
+    """A trial's start and end in ms, from Ray's per-epoch results (the first epoch's end less its duration);
+    None (now, MLflow's default) for a trial that reported nothing."""
+    if not epochs:
+        return None, None
+    first, last = epochs[0], epochs[-1]
+    started = float(first.get("timestamp", 0)) - float(first.get("time_this_iter_s", 0) or 0)
+    return int(started * 1000), int(float(last.get("timestamp", 0)) * 1000)
 
 
 def _chunks(items: list[Any], size: int) -> Iterable[list[Any]]:

@@ -9,6 +9,7 @@ import os
 import re
 import socket
 import subprocess
+import time
 from collections.abc import Mapping
 from enum import Enum
 from importlib import metadata
@@ -66,8 +67,26 @@ def experiment_name(cfg: DictConfig) -> str:
     return hydra_choice("experiment") or "sentinel"
 
 
-def run_name(cfg: DictConfig, run_dir: Path) -> str:
-    return f"{plain(cfg.mode)} {run_dir.parent.name}/{run_dir.name}"
+def run_name(cfg: DictConfig) -> str:
+    """`finetune · demo · 01:47:02` (and `· job 3` in a sweep): mode, preset and time of day, short enough that
+    MLflow's runs list shows it whole (the date is its own column there)."""
+    job = sweep_tags().get("sentinel.job_num", "")
+    parts = [str(plain(cfg.mode)), hydra_choice("experiment"), time.strftime("%H:%M:%S"), f"job {job}" if job else ""]
+    return " · ".join(part for part in parts if part)
+
+
+def trial_run_name(number: int, values: Mapping[str, Any], shown: int = 3) -> str:
+    """`trial 3 · lr0=0.0123 mosaic=1`: the trial's number in the search and its first sampled values."""
+    sampled = " ".join(f"{key}={short_value(value)}" for key, value in list(values.items())[:shown])
+    more = " …" if len(values) > shown else ""
+    return f"trial {number} · {sampled}{more}".rstrip(" ·")
+
+
+def short_value(value: Any) -> str:
+    number = as_float(value)
+    if number is None or isinstance(value, bool):
+        return str(value)
+    return str(int(number)) if number.is_integer() else f"{number:.3g}"
 
 
 def run_tags(cfg: DictConfig, run_dir: Path, launch_dir: Path) -> dict[str, Any]:
