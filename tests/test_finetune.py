@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import time
@@ -59,6 +60,8 @@ def test_two_fine_tunes_with_two_rates_train_with_those_rates(tuned_and_finetune
         log = (tuned_and_finetuned / run / "train.log").read_text()
         assert "ignoring 'lr0" not in log
     assert rates["ft"] != pytest.approx(rates["ft_longer"])
+    progress = (tuned_and_finetuned / "ft_longer" / "train.log").read_text()  # what the console showed
+    assert re.search(r"finetune: epoch 1/40: .*; about \d+ (s|min) left", progress)
     card = (tuned_and_finetuned / "ft" / "model_card.md").read_text()
     assert "The values Ultralytics applied" in card and f"lr0: {best['lr0']}" in card
 

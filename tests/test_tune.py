@@ -7,6 +7,7 @@ import importlib.util
 import itertools
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -89,6 +90,22 @@ def test_trials_log_to_their_own_folder_not_the_console(finished_run):
     assert "train_trial pid=" not in console and "Traceback" not in console
     trial_logs = list((finished_run / "ray_tune").glob("*/trial.log"))
     assert len(trial_logs) == 4 and all(log.stat().st_size > 0 for log in trial_logs)
+
+
+def test_the_console_shows_every_trial_epoch_with_the_time_left_and_no_ray_box_or_warning(finished_run):
+    console = (finished_run.parent / "console.txt").read_text()
+    shown = set(
+        re.findall(r"tune: trial (\d)/4, epoch (\d)/3: val/box_loss [\d.]+ \(best so far [\d.]+\); search: ", console)
+    )
+    reported = set()
+    for result in (finished_run / "ray_tune").glob("*/result.json"):
+        epochs = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
+        number = str(int(epochs[0]["trial_id"].rsplit("_", 1)[-1]) + 1)
+        reported |= {(number, str(epoch["training_iteration"])) for epoch in epochs}
+    assert reported and reported <= shown, sorted(reported - shown)
+    assert "about" in console and "left" in console  # an estimate of the time left
+    for ray_noise in ("Configuration for experiment", "View detailed results", "WARNING", "Token authentication"):
+        assert ray_noise not in console, ray_noise
 
 
 def test_every_trial_trains_with_its_sampled_values_read_back_from_ultralytics(finished_run):

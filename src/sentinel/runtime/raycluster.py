@@ -307,12 +307,31 @@ def connect_ray(hw: DictConfig) -> bool:
     else:
         kwargs.update(num_cpus=hw.num_cpus, num_gpus=hw.num_gpus)
     try:
-        with idle_api_server_skipped():
+        with idle_api_server_skipped(), token_notice_to_the_log():
             ray.init(**kwargs)
     except (ConnectionError, RuntimeError, ValueError) as error:
         raise SentinelError(f"could not start or join Ray ({address or 'local'}): {error}") from None
     take_back_sigterm()  # ray.init's handlers would end the driver with a stack dump and SIGABRT
     return True
+
+
+# Ray (2.5x) logs, at every start of a local Ray with RAY_AUTH_MODE unset, that it enabled token authentication
+# (its safe default, which Sentinel keeps): a warning on the console of every default search, though nothing is
+# wrong. It goes to the run's log instead.
+TOKEN_NOTICE_LOGGER = "ray._private.authentication.authentication_token_setup"
+
+
+@contextmanager
+def token_notice_to_the_log() -> Iterator[None]:
+    """Within: Ray's token-authentication notice goes to the run's log file, not to the console."""
+    notice = logging.getLogger(TOKEN_NOTICE_LOGGER)
+    handlers = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
+    saved = (notice.propagate, notice.handlers[:])
+    notice.handlers, notice.propagate = handlers, False
+    try:
+        yield
+    finally:
+        notice.propagate, notice.handlers = saved[0], saved[1]
 
 
 @contextmanager

@@ -11,6 +11,7 @@ fine-tune with the same inputs from its last.pt, in its own folder.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from sentinel.dataset.prepare import RunDataset, data_dir_of
 from sentinel.errors import ConfigError, SentinelError
 from sentinel.model.card import copy_model_card, read_training, write_model_card
 from sentinel.runtime.applied import APPLIED_FILE, AppliedCheck, read_applied_file
+from sentinel.runtime.eta import time_left
 from sentinel.runtime.fingerprint import stable_hash
 from sentinel.runtime.runs import (
     claim_run_folder,
@@ -236,6 +238,10 @@ class EpochLogger:
     def __init__(self, tracker: Tracker) -> None:
         self.tracker = tracker
         self.trained = False
+        self.started, self.first_epoch = time.monotonic(), 0
+
+    def on_train_start(self, trainer: Any) -> None:
+        self.started, self.first_epoch = time.monotonic(), int(trainer.start_epoch)  # a resume starts later
 
     def on_train_epoch_end(self, trainer: Any) -> None:
         self.trained = True
@@ -249,8 +255,11 @@ class EpochLogger:
         metrics = {**losses, **trainer.lr, **trainer.metrics}
         self.tracker.log_metrics(metrics, step=trainer.epoch + 1)
         shown = ", ".join(f"{k} {float(metrics[k]):.4f}" for k in CONSOLE_METRICS if k in metrics)
-        log.info("finetune: epoch %d/%d: %s", trainer.epoch + 1, trainer.epochs, shown)
+        done, total = trainer.epoch + 1 - self.first_epoch, trainer.epochs - self.first_epoch
+        left = time_left(done, total, time.monotonic() - self.started)
+        log.info("finetune: epoch %d/%d: %s; %s", trainer.epoch + 1, trainer.epochs, shown, left)
 
     def attach(self, model: Any) -> None:
+        model.add_callback("on_train_start", self.on_train_start)
         model.add_callback("on_train_epoch_end", self.on_train_epoch_end)
         model.add_callback("on_fit_epoch_end", self.on_fit_epoch_end)

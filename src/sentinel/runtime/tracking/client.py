@@ -33,6 +33,7 @@ from sentinel.runtime.tracking.names import (
     plain,
     run_name,
     run_tags,
+    trial_number,
     trial_run_name,
 )
 from sentinel.runtime.tracking.pending import write_journal
@@ -503,12 +504,6 @@ def _trial_epochs(trial_dir: Path) -> Iterator[dict[str, Any]]:
     for line in result.read_text().splitlines():
         if line.strip():
             yield json.loads(line)
-
-
-def trial_number(trial_id: str, fallback: int) -> int:
-    """A trial's number in its search, counted from 1: Ray's trial ids end in the index (`8b553_00003` → 4)."""
-    index = trial_id.rsplit("_", 1)[-1]
-    return int(index) + 1 if index.isdigit() else fallback
 
 
 def trial_times(epochs: list[dict[str, Any]]) -> tuple[int | None, int | None]:

@@ -82,6 +82,12 @@ def trial_run_name(number: int, values: Mapping[str, Any], shown: int = 3) -> st
     return f"trial {number} · {sampled}{more}".rstrip(" ·")
 
 
+def trial_number(trial_id: str, fallback: int) -> int:
+    """A trial's number in its search, counted from 1: Ray's trial ids end in the index (`8b553_00003` → 4)."""
+    index = trial_id.rsplit("_", 1)[-1]
+    return int(index) + 1 if index.isdigit() else fallback
+
+
 def short_value(value: Any) -> str:
     number = as_float(value)
     if number is None or isinstance(value, bool):

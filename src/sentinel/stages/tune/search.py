@@ -248,7 +248,11 @@ def ray_loggers(cfg: DictConfig) -> list[Any]:
     from sentinel.stages.tune.progress import TrialProgress
 
     os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"  # else Ray adds TensorBoard's logger back
-    progress = TrialProgress(cfg.tune.metric, cfg.tune.epochs, cfg.tune.num_samples)
+    # Ray's newer console output prints its "Configuration for experiment" box and "View detailed results
+    # here" even at verbose=0 (added by ray-project/ray#34952); the older one is silent at verbose=0, and
+    # TrialProgress prints what a person needs instead.
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    progress = TrialProgress(cfg.tune.metric, str(cfg.tune.mode), cfg.tune.epochs, cfg.tune.num_samples)
     return [JsonLoggerCallback(), CSVLoggerCallback(), progress]
 
 
