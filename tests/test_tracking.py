@@ -322,7 +322,10 @@ def test_compare_names_the_key_that_differs_and_each_runs_metric(tmp_path, backe
     for exclude, count in boxes.items():
         shown = json.dumps(json.loads(exclude.replace("gun", '"gun"').replace("knife", '"knife"')))
         assert any(f"| {count} | {shown} |" in row for row in rows), (exclude, count, report)
-    assert (tmp_path / "cmp" / "compare.html").is_file() and (tmp_path / "cmp" / "compare.png").stat().st_size > 0
+    assert [int(row.split(" | ")[1]) for row in rows] == sorted(boxes.values(), reverse=True)  # best first
+    page = (tmp_path / "cmp" / "compare.html").read_text()
+    assert f"file://{tmp_path}/outputs/exclude0" in page and (tmp_path / "cmp" / "compare.png").stat().st_size > 0
+    assert ("/#/experiments/" in report) is (backend == "mlflow")  # each MLflow run's page
 
 
 def test_compare_right_after_a_presets_run_finds_it_without_naming_an_experiment(tmp_path):

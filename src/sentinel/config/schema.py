@@ -277,6 +277,7 @@ class CompareConfig:
     experiment: str = ""
     sweep: str = ""
     metric: str = "test/map50-95"
+    all_keys: bool = False  # list every differing key, not the preset's name for the keys that change with it
 
 
 class TrackingBackend(str, Enum):

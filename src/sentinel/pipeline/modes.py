@@ -259,6 +259,6 @@ def summary(run_dir: Path, results: dict[str, Any]) -> str:
         lines.append(f"{'':<12}{run_dir / 'missed.png'}, {run_dir / 'false_alarms.png'}")
     if "compare" in results:
         compared = results["compare"]
-        add("compare", f"{len(compared.runs)} runs, differing keys: {', '.join(compared.differing) or 'none'}")
+        add("compare", f"{len(compared.runs)} runs, {len(compared.differing)} config keys differ (see the report)")
         lines.append(f"{'':<12}{compared.report}, {run_dir / 'compare.html'}, {run_dir / 'compare.png'}")
     return "\n".join(lines)

@@ -43,6 +43,9 @@ class ComparedRun:
     started: float  # seconds since the epoch, to order runs newest first
     params: dict[str, str]  # the resolved config with dotted keys
     metrics: dict[str, float]
+    folder: str = ""  # the run folder
+    link: str = ""  # the run's page in the MLflow UI
+    preset: str = ""  # the `experiment` preset it ran with ("" = none)
 
 
 @dataclass(frozen=True)
@@ -75,10 +78,12 @@ def compare(cfg: DictConfig, run_dir: Path, launch_dir: Path) -> CompareResult:
             hint = f"the {len(runs)} newest finished run(s) in {where} recorded no metric; run prep or evaluate first"
         raise ConfigError("compare.metric", f"no selected run has {metric!r}", hint)
     differing = differing_keys(runs)
-    write_text_atomic(run_dir / "compare.md", compare_markdown(runs, differing, metric))
-    write_text_atomic(run_dir / "compare.html", compare_html(runs, differing, metric))
+    runs = best_first(runs, metric)
+    columns = shown_keys(runs, differing, cfg.compare.all_keys)
+    write_text_atomic(run_dir / "compare.md", compare_markdown(runs, columns, differing, metric))
+    write_text_atomic(run_dir / "compare.html", compare_html(runs, columns, metric))
     plot_metric(runs, metric, run_dir / "compare.png")
-    log.info("compare: %d runs, keys that differ: %s; %s", len(runs), ", ".join(differing) or "none", run_dir)
+    log.info("compare: %d runs; %d config keys differ (%s); %s", len(runs), len(differing), ", ".join(columns), run_dir)
     return CompareResult(runs, differing, run_dir / "compare.md")
 
 
@@ -147,6 +152,9 @@ def runs_from_store(cfg: DictConfig, launch_dir: Path) -> tuple[list[ComparedRun
             run.info.start_time / 1000,
             run.data.params,
             run.data.metrics,
+            folder=run.data.tags.get("sentinel.run_dir", ""),
+            link=run_page(cfg.tracking.uri, run.info.experiment_id, run.info.run_id),
+            preset=run.data.tags.get("sentinel.preset", ""),
         )
         for run in found
     ]
@@ -174,8 +182,35 @@ def runs_from_folders(cfg: DictConfig, launch_dir: Path) -> tuple[list[ComparedR
         if config.get("mode") == "compare" or not (folder / "train.log").is_file() or not run_finished(folder):
             continue
         name = str(folder.relative_to(launch_dir)) if folder.is_relative_to(launch_dir) else str(folder)
-        runs.append(ComparedRun(name, config_file.stat().st_mtime, flatten(config), folder_metrics(folder)))
+        runs.append(
+            ComparedRun(
+                name,
+                config_file.stat().st_mtime,
+                flatten(config),
+                folder_metrics(folder),
+                folder=str(folder),
+                preset=folder_preset(folder),
+            )
+        )
     return sorted(runs, key=lambda r: r.started, reverse=True), where
+
+
+def folder_preset(folder: Path) -> str:
+    """The `experiment` preset a run folder's run used, from Hydra's record of its choices."""
+    try:
+        hydra = yaml.safe_load((folder / ".hydra" / "hydra.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return ""
+    return str(((hydra.get("hydra") or {}).get("runtime") or {}).get("choices", {}).get("experiment") or "")
+
+
+def run_page(uri: str, experiment_id: str, run_id: str) -> str:
+    """The run's page in the MLflow UI: the tracking server's, or `mlflow ui`'s default address for a local store."""
+    base = uri.strip().rstrip("/") if uri.strip().startswith(("http://", "https://")) else LOCAL_UI
+    return f"{redact(base)}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+LOCAL_UI = "http://127.0.0.1:5000"  # where `mlflow ui --backend-store-uri sqlite:///...` serves by default
 
 
 def folder_metrics(folder: Path) -> dict[str, float]:
@@ -203,54 +238,136 @@ def differing_keys(runs: list[ComparedRun]) -> list[str]:
     return [k for k in keys if len({r.params.get(k) for r in runs}) > 1]
 
 
-def _value(run: ComparedRun, metric: str) -> str:
+def lower_is_better(metric: str) -> bool:
+    """Losses go down; every other tracked metric (mAP, recall, counts) is read as higher is better."""
+    return "loss" in metric.rsplit("/", 1)[-1]
+
+
+def metric_value(run: ComparedRun, metric: str) -> float | None:
     value = run.metrics.get(metric)
-    if value is None or math.isnan(value):
+    return None if value is None or math.isnan(value) else float(value)
+
+
+def best_first(runs: list[ComparedRun], metric: str) -> list[ComparedRun]:
+    """Runs by the metric, best first; runs without it last, newest first."""
+    scored = [r for r in runs if metric_value(r, metric) is not None]
+    ordered = sorted(scored, key=lambda r: metric_value(r, metric) or 0.0, reverse=not lower_is_better(metric))
+    return ordered + [r for r in runs if r not in scored]
+
+
+def shown_keys(runs: list[ComparedRun], differing: list[str], all_keys: bool) -> list[str]:
+    """The differing keys as columns. When the runs' presets differ, the preset's name stands for every key
+    that only changes with the preset (the same in all runs of one preset): a search space, the epochs."""
+    if all_keys or len({r.preset for r in runs}) < 2:
+        return differing
+    return ["experiment", *(k for k in differing if not set_by_preset(runs, k))]
+
+
+def set_by_preset(runs: list[ComparedRun], key: str) -> bool:
+    values: dict[str, set[str | None]] = {}
+    for run in runs:
+        values.setdefault(run.preset, set()).add(run.params.get(key))
+    return all(len(seen) == 1 for seen in values.values())
+
+
+def cell(run: ComparedRun, key: str) -> str:
+    if key == "experiment":
+        return run.preset or "none"
+    return run.params.get(key, "—")
+
+
+def _value(run: ComparedRun, metric: str) -> str:
+    value = metric_value(run, metric)
+    if value is None:
         return "—"
-    return str(int(value)) if float(value).is_integer() else f"{value:.4f}"
+    return str(int(value)) if value.is_integer() else f"{value:.4f}"
 
 
-def compare_markdown(runs: list[ComparedRun], differing: list[str], metric: str) -> str:
-    header = ["run", metric, *differing]
+def direction(metric: str) -> str:
+    return "lower is better" if lower_is_better(metric) else "higher is better"
+
+
+def compare_markdown(runs: list[ComparedRun], columns: list[str], differing: list[str], metric: str) -> str:
+    links = any(r.link for r in runs)
+    header = ["run", metric, *columns, "run folder", *(["MLflow"] if links else [])]
+    summarised = [k for k in differing if k not in columns]
     lines = [
-        f"# Compare: {len(runs)} runs by {metric}",
+        f"# Compare: {len(runs)} runs by {metric}, best first ({direction(metric)})",
         "",
         f"Config keys that differ between these runs: {', '.join(f'`{k}`' for k in differing) or 'none'}.",
+        *(
+            [f"The `experiment` column stands for {len(summarised)} of them (compare.all_keys=true lists each)."]
+            if summarised
+            else []
+        ),
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
     ]
     for run in runs:
-        cells = [run.name, _value(run, metric), *(run.params.get(k, "—") for k in differing)]
+        cells = [run.name, _value(run, metric), *(cell(run, k) for k in columns), run.folder or "—"]
+        cells += [f"[run page]({run.link})" if run.link else "—"] if links else []
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines) + "\n\n![metric per run](compare.png)\n"
 
 
-def compare_html(runs: list[ComparedRun], differing: list[str], metric: str) -> str:
-    def row(cells: list[str], tag: str) -> str:
-        return "<tr>" + "".join(f"<{tag}>{html.escape(c)}</{tag}>" for c in cells) + "</tr>"
+def compare_html(runs: list[ComparedRun], columns: list[str], metric: str) -> str:
+    """A table to open in a browser: best first, each value with a bar to scale, links to the run's folder
+    and its MLflow page."""
+    values = [v for r in runs if (v := metric_value(r, metric)) is not None]
+    top = max((abs(v) for v in values), default=0.0) or 1.0
 
-    body = [row(["run", metric, *differing], "th")]
-    body += [row([r.name, _value(r, metric), *(r.params.get(k, "—") for k in differing)], "td") for r in runs]
+    def link(href: str, text: str) -> str:
+        return f"<a href='{html.escape(href)}'>{html.escape(text)}</a>" if href else html.escape(text)
+
+    def bar(run: ComparedRun) -> str:
+        value = metric_value(run, metric)
+        width = 0.0 if value is None else 100 * abs(value) / top
+        shown = html.escape(_value(run, metric))
+        return f"<td class='value'><span class='bar' style='width:{width:.1f}px'></span>{shown}</td>"
+
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in ["run", metric, *columns, "run folder"])
+    rows = [
+        "<tr>"
+        + f"<td>{link(r.link, r.name)}</td>"
+        + bar(r)
+        + "".join(f"<td>{html.escape(cell(r, k))}</td>" for k in columns)
+        + f"<td>{link(Path(r.folder).as_uri() if r.folder.startswith('/') else '', r.folder or '—')}</td>"
+        + "</tr>"
+        for r in runs
+    ]
     return (
-        "<!doctype html><html><head><meta charset='utf-8'><title>Sentinel compare</title>"
-        "<style>table{border-collapse:collapse}td,th{border:1px solid #999;padding:4px 8px}</style></head><body>"
-        f"<h1>{len(runs)} runs by {html.escape(metric)}</h1><table>{''.join(body)}</table>"
+        "<!doctype html><html><head><meta charset='utf-8'><title>Sentinel compare</title><style>"
+        "body{font-family:sans-serif;margin:24px}table{border-collapse:collapse}"
+        "td,th{border:1px solid #bbb;padding:4px 8px;text-align:left}th{background:#eee}"
+        ".value{white-space:nowrap;font-variant-numeric:tabular-nums}"
+        ".bar{display:inline-block;height:10px;min-width:2px;margin-right:6px;background:#4477aa}"
+        "</style></head><body>"
+        f"<h1>{len(runs)} runs by {html.escape(metric)}</h1><p>Best first ({direction(metric)}). Run names open "
+        "the run in MLflow (for a local store, with <code>mlflow ui</code> running).</p>"
+        f"<table><tr>{head}</tr>{''.join(rows)}</table>"
         "<p><img src='compare.png' alt='metric per run'></p></body></html>\n"
     )
 
 
 def plot_metric(runs: list[ComparedRun], metric: str, path: Path) -> None:
+    """Horizontal bars, best at the top, each with its value (a 0 shows as its label)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    shown = [r for r in reversed(runs) if r.metrics.get(metric) is not None]  # oldest first, left to right
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(shown) + 2), 3.5))
-    ax.bar(range(len(shown)), [r.metrics[metric] for r in shown], color="#4477aa")
-    ax.set_xticks(range(len(shown)), [r.name for r in shown], rotation=45, ha="right", fontsize=7)
-    ax.set_ylabel(metric)
-    ax.set_title(f"{metric} per run")
+    shown = [r for r in runs if metric_value(r, metric) is not None]
+    values = [metric_value(r, metric) or 0.0 for r in shown]
+    fig, ax = plt.subplots(figsize=(8.0, max(2.5, 0.45 * len(shown) + 1.5)))
+    bars = ax.barh(range(len(shown)), values, color="#4477aa")
+    ax.bar_label(bars, labels=[_value(r, metric) for r in shown], padding=3, fontsize=8)
+    ax.set_yticks(range(len(shown)), [r.name for r in shown], fontsize=8)
+    ax.invert_yaxis()  # the best at the top
+    low, high = min([*values, 0.0]), max([*values, 0.0])
+    span = (high - low) or 1.0
+    ax.set_xlim(low - (0.05 * span if low < 0 else 0), high + 0.2 * span)  # room for the labels
+    ax.set_xlabel(f"{metric} ({direction(metric)})")
+    ax.set_title(f"{metric} per run, best first")
     fig.tight_layout()
     save_figure_atomic(fig, path, dpi=110)

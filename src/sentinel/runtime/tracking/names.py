@@ -99,6 +99,7 @@ def run_tags(cfg: DictConfig, run_dir: Path, launch_dir: Path) -> dict[str, Any]
     """Mode, where the run lives, where its data came from, what code and libraries made it."""
     tags: dict[str, Any] = {
         "sentinel.mode": plain(cfg.mode),
+        "sentinel.preset": hydra_choice("experiment"),  # "" without one: what compare names runs' presets by
         "sentinel.run_dir": str(run_dir),
         "sentinel.host": socket.gethostname(),
         "sentinel.pid": os.getpid(),
