@@ -142,7 +142,7 @@ def plot_class_distribution(report: dict[str, Any], names: list[str], path: Path
 
 
 def draw_samples(
-    samples: list[Sample], names: list[str], count: int, path: Path, tile: int = 160, seed: int = 0
+    samples: list[Sample], names: list[str], count: int, path: Path, tile: int = 224, seed: int = 0
 ) -> None:
     """A grid of up to `count` training images with their merged labels drawn, to eyeball correctness."""
     from PIL import Image, ImageDraw
@@ -164,25 +164,47 @@ def draw_samples(
                 (float(y) + float(h) / 2) * tile,
             )
             draw.rectangle(box, outline=colour, width=2)
-            draw.text((box[0] + 2, box[1] + 1), names[cid], fill=colour)
+            draw_label(draw, (box[0] + 2, box[1] + 2), names[cid], colour)
         tiles.append(img)
     sheet = tile_sheet(tiles, tile)
     write_atomic(path, lambda tmp: sheet.save(tmp, format="PNG"))
 
 
 def tile_sheet(tiles: list[Any], tile: int, caption: str = "") -> Any:
-    """Square `tile`-pixel images on a near-square grid, with an optional caption line above them."""
+    """Square `tile`-pixel images on a near-square grid, with an optional caption line above them; with no
+    tiles, the caption alone on a strip wide enough for it."""
     from PIL import Image, ImageDraw
 
+    font = label_font(CAPTION_PX)
     cols = max(1, int(len(tiles) ** 0.5 + 0.999))
-    rows = max(1, (len(tiles) + cols - 1) // cols)
-    top = 20 if caption else 0
-    sheet = Image.new("RGB", (cols * tile, rows * tile + top), (32, 32, 32))
+    rows = (len(tiles) + cols - 1) // cols
+    top = CAPTION_PX + 10 if caption else 0
+    width = max(cols * tile, int(font.getlength(caption)) + 16 if caption else 0)
+    sheet = Image.new("RGB", (width, rows * tile + top + (0 if tiles else 10)), (32, 32, 32))
     if caption:
-        ImageDraw.Draw(sheet).text((4, 4), caption, fill=(255, 255, 255))
+        ImageDraw.Draw(sheet).text((8, 5), caption, fill=(255, 255, 255), font=font)
     for index, img in enumerate(tiles):
         sheet.paste(img, ((index % cols) * tile, top + (index // cols) * tile))
     return sheet
+
+
+CAPTION_PX = 15
+LABEL_PX = 13
+
+
+def label_font(size: int = LABEL_PX) -> Any:
+    """Pillow's own scalable font at `size` px (its default bitmap font is 10 px: unreadable on a tile)."""
+    from PIL import ImageFont
+
+    return ImageFont.load_default(size=size)
+
+
+def draw_label(draw: Any, xy: tuple[float, float], text: str, colour: tuple[int, int, int]) -> None:
+    """`text` in `colour` on a dark box at `xy` (a box's top-left corner), readable on any image."""
+    font = label_font()
+    left, top, right, bottom = draw.textbbox(xy, text, font=font)
+    draw.rectangle((left - 1, top - 1, right + 1, bottom + 1), fill=(0, 0, 0))
+    draw.text(xy, text, fill=colour, font=font)
 
 
 def draw_samples_from_dataset(folder: Path, count: int, path: Path) -> None:

@@ -163,4 +163,13 @@ def metrics_markdown(metrics: dict[str, Any]) -> str:
     ]
     if diff:
         lines += ["| " + " | ".join(f"{metrics['means_diff'][k]:+.4f}" for k in MEANS) + " | (vs earlier) |"]
+    lines += ["", PR_NOTE]
     return "\n".join(lines) + "\n"
+
+
+# Why a class can read P 1.0000, R 0.0000 here while errors.md (mode=inspect) leaves its precision blank.
+PR_NOTE = (
+    "P and R are Ultralytics' own, at the confidence that gives the best mean F1. A class the model never "
+    "predicts has no precision to measure: Ultralytics then reports P 1.0000 (or 0.0000) with R 0.0000 by its "
+    "convention, while `errors.md` from `mode=inspect` leaves the cell blank."
+)

@@ -32,7 +32,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from sentinel.dataset.prepare import RunDataset, data_dir_of
-from sentinel.dataset.report import tile_sheet
+from sentinel.dataset.report import LABEL_PX, draw_label, tile_sheet
 from sentinel.dataset.sources.yolo_dir import class_names_of
 from sentinel.errors import SentinelError
 from sentinel.model.scoring import choose_split, val_args
@@ -323,8 +323,10 @@ def errors_markdown(errors: dict[str, Any]) -> str:
         )
     lines += ["", "## Most missed boxes", ""]
     lines += [f"- `{r['image']}`: {r['false_negatives']} ({', '.join(r['missed'])})" for r in errors["most_missed"]]
+    lines += [] if errors["most_missed"] else ["None: the model found every box."]
     lines += ["", "## Most false alarms", ""]
     lines += [f"- `{r['image']}`: {r['false_positives']}" for r in errors["most_false_alarms"]]
+    lines += [] if errors["most_false_alarms"] else ["None: every prediction matched a box."]
     kept = "kept" if errors["persistent"] else "deleted after the run"
     lines += ["", f"FiftyOne dataset: `{errors['fiftyone_dataset']}` ({kept})."]
     return "\n".join(lines) + "\n"
@@ -353,12 +355,13 @@ def draw_gallery(dataset: Any, count_field: str, count: int, what: str, path: Pa
                 draw.rectangle((x, y, x + w, y + h), outline=colour, width=3 if field_name == "ground_truth" else 2)
                 text = d.label if d.confidence is None else f"{d.label} {d.confidence:.2f}"
                 text += {"fn": " missed", "fp": " false"}.get(d.eval, "")
-                draw.text((x + 2, y + 1), text, fill=colour)
-        draw.text((4, tile - 14), f"{Path(sample.filepath).name}: {sample[count_field]} {what}", fill=(255, 255, 255))
+                draw_label(draw, (x + 2, y + 2), text, colour)
+        caption = f"{Path(sample.filepath).name}: {sample[count_field]} {what}"
+        draw_label(draw, (4, tile - LABEL_PX - 6), caption, (255, 255, 255))
         tiles.append(img)
-    legend = f"{what}, worst first: ground truth green, predictions magenta"
+    legend = f"{what.capitalize()}, worst image first. Ground truth: green; predictions: magenta."
     if not tiles:
-        legend = f"no {what} on this split"
+        legend = f"No {what} on this split."
     sheet = tile_sheet(tiles, tile, legend)
     write_atomic(path, lambda tmp: sheet.save(tmp, format="PNG"))
 

@@ -82,10 +82,14 @@ def trial_run_name(number: int, values: Mapping[str, Any], shown: int = 3) -> st
     return f"trial {number} · {sampled}{more}".rstrip(" ·")
 
 
-def trial_number(trial_id: str, fallback: int) -> int:
-    """A trial's number in its search, counted from 1: Ray's trial ids end in the index (`8b553_00003` → 4)."""
-    index = trial_id.rsplit("_", 1)[-1]
-    return int(index) + 1 if index.isdigit() else fallback
+TRIAL_INDEX = re.compile(r"(?:^|_)[0-9a-f]{5}_(\d{5})(?:_|$)")  # Ray's `<experiment>_<index>` in ids and folders
+
+
+def trial_number(trial: str, fallback: int) -> int:
+    """A trial's number in its search, counted from 1, from Ray's trial id (`8b553_00003` → 4) or its folder's
+    name (`train_trial_8b553_00003_3_lr0=…`)."""
+    match = TRIAL_INDEX.search(trial)
+    return int(match.group(1)) + 1 if match else fallback
 
 
 def short_value(value: Any) -> str:

@@ -20,6 +20,7 @@ from sentinel.runtime.applied import APPLIED_FILE, read_applied_file
 from sentinel.runtime.redaction import redact
 from sentinel.runtime.runs import save_figure_atomic, write_text_atomic
 from sentinel.runtime.tracking.client import Tracker
+from sentinel.runtime.tracking.names import trial_number
 from sentinel.stages.tune.result import TuneResult
 
 
@@ -153,10 +154,14 @@ def report_markdown(
 
 def plot_curves(rows: list[dict[str, Any]], metric: str, path: Path) -> None:
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     fig, ax = plt.subplots(figsize=(7, 4))
-    for row in rows:
+    for number, row in enumerate(rows, start=1):
         if row["_values"]:
-            ax.plot(range(1, len(row["_values"]) + 1), row["_values"], marker="o", label=row["trial"][-12:])
+            label = f"trial {trial_number(row['trial'], number)}"
+            ax.plot(range(1, len(row["_values"]) + 1), row["_values"], marker="o", label=label)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole
     ax.set_xlabel("epoch")
     ax.set_ylabel(metric)
     ax.set_title("Validation metric per epoch, every trial")
