@@ -57,3 +57,17 @@ def test_the_time_left_is_said_as_a_person_would():
     assert time_left(1, 10, 20.0) == "about 3 min left"
     assert time_left(5, 10, 4000.0) == "about 1 h 7 min left"
     assert time_left(10, 10, 60.0) == "nothing left"
+
+
+def test_progress_lines_say_how_far_and_how_long_is_left_where_no_bar_can_show(caplog):
+    import logging
+
+    from sentinel.runtime.eta import ProgressLines
+
+    log = logging.getLogger("test.progress")
+    lines = ProgressLines(log, "prep: images merged", 20_000, every_s=0.0)
+    with caplog.at_level(logging.INFO, logger="test.progress"):
+        for _ in range(4):
+            lines.update(5_000)
+    shown = [r.getMessage() for r in caplog.records]
+    assert shown[0].startswith("prep: images merged: 5000 of 20000 (25%), about ") and len(shown) == 3  # not at 100%

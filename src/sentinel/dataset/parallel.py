@@ -26,6 +26,7 @@ from sentinel.dataset.file_records import FileRecords, Learnt, file_key
 from sentinel.dataset.items import Item, Kept
 from sentinel.dataset.rule import BuildFolders, Tally, process_batch
 from sentinel.errors import SentinelError
+from sentinel.runtime.eta import ProgressLines
 from sentinel.runtime.faults import kill_point
 
 log = logging.getLogger(__name__)
@@ -88,12 +89,15 @@ def process_all(
     try:
         results = pool.map(run_batch, batches, chunksize=BATCHES_PER_MESSAGE)  # a thread pool ignores it
         with tqdm(total=len(items), desc="prep: merging", unit="img", mininterval=1.0, disable=None) as bar:
+            lines = ProgressLines(log, "prep: images merged", len(items))  # where the bar is off (no terminal)
             for batch, (batch_kept, batch_tally, learnt) in zip(batches, results, strict=True):
                 kept.extend(batch_kept)
                 tally.add(batch_tally)
                 if learnt is not None:
                     records.add_learnt(learnt)
                 bar.update(len(batch))
+                if bar.disable:
+                    lines.update(len(batch))
                 kill_point("merge.batch")
     except BrokenProcessPool:
         raise SentinelError(

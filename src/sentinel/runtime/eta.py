@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import time
+
 
 def time_left(done: float, total: float, elapsed_s: float) -> str:
     """`about 3 min left` from the rate so far (`done` of `total` units in `elapsed_s`); an upper bound where
@@ -21,3 +24,22 @@ def duration(seconds: float) -> str:
     if minutes < 60:
         return f"{minutes} min"
     return f"{minutes // 60} h {minutes % 60} min"
+
+
+class ProgressLines:
+    """Progress as log lines, at most one per `every_s` seconds: what a progress bar shows on a terminal, for a
+    log file or a console that is not one (tqdm's bar then stays off)."""
+
+    def __init__(self, log: logging.Logger, what: str, total: int, every_s: float = 10.0) -> None:
+        self.log, self.what, self.total, self.every_s = log, what, total, every_s
+        self.done = 0
+        self.started = self.shown = time.monotonic()
+
+    def update(self, count: int) -> None:
+        self.done += count
+        now = time.monotonic()
+        if now - self.shown < self.every_s or self.done >= self.total:
+            return
+        self.shown = now
+        left = time_left(self.done, self.total, now - self.started)
+        self.log.info("%s: %d of %d (%d%%), %s", self.what, self.done, self.total, 100 * self.done // self.total, left)
