@@ -160,15 +160,23 @@ def test_every_trial_is_a_nested_run_with_its_values_epochs_and_ending(demo_run)
     assert len({t.info.run_name for t in trials}) == 2
 
 
-def test_reports_weights_and_exports_are_artifacts_and_the_weights_a_model_version(demo_run):
+def test_reports_weights_and_exports_are_artifacts_and_the_weights_a_model_version(demo_run, mlflow_server, tmp_path):
     run_dir, client, run, _ = demo_run
     top = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"sentinel.pt", "metrics.json", "prep_report.md", "best_hparams.yaml", "tune_report.md"} <= top
     assert "export" in top and "ray_tune" not in top
     versions = client.search_model_versions(f"run_id = '{run.info.run_id}'")
-    assert len(versions) == 1 and versions[0].name == "sentinel" and versions[0].source.endswith("/sentinel.pt")
+    assert len(versions) == 1 and versions[0].name == "sentinel" and versions[0].source.endswith("/model")
     assert versions[0].tags["dataset"] == run.data.tags["sentinel.dataset"]
     assert versions[0].description == (run_dir / "model_card.md").read_text()  # the registry shows the card
+    # As the README loads it: the version's folder holds the weights and their card.
+    import mlflow
+    from ultralytics import YOLO
+
+    mlflow.set_tracking_uri(mlflow_server)
+    folder = Path(mlflow.artifacts.download_artifacts("models:/sentinel/latest", dst_path=str(tmp_path)))
+    assert sorted(p.name for p in folder.iterdir()) == ["model_card.json", "model_card.md", "sentinel.pt"]
+    assert YOLO(str(folder / "sentinel.pt")).names == YOLO(str(run_dir / "sentinel.pt")).names
 
 
 def test_the_runs_list_shows_mode_preset_and_time_and_the_run_page_the_test_table(demo_run):

@@ -215,12 +215,21 @@ def record_results(
     tags: dict[str, Any] = {"dataset": dataset.merged().fingerprint, "hparams_from": finetuned.hparams_from}
     if "evaluate" in results:
         tags.update({f"test.{k}": round(v, 4) for k, v in results["evaluate"].metrics["means"].items()})
-    artifact = finetuned.weights.relative_to(run_dir).as_posix()  # log_run_folder keeps the folder's layout
     from sentinel.model.card import CARD
 
+    # The version's source is a folder of its own, the weights and their card, so that
+    # `mlflow.artifacts.download_artifacts("models:/<name>/<version>")` gives exactly those (MLflow cannot
+    # download a version whose source is a single local file).
     card = finetuned.weights.parent / f"{CARD}.md"
+    for path in (finetuned.weights, card, card.with_suffix(".json")):
+        if path.is_file():
+            tracker.log_artifact(path, MODEL_ARTIFACTS)
     description = card.read_text() if card.is_file() else ""
-    tracker.register_model(Path(cfg.model.output_name).stem, artifact, tags, description)
+    tags["sentinel.weights_file"] = finetuned.weights.name
+    tracker.register_model(Path(cfg.model.output_name).stem, MODEL_ARTIFACTS, tags, description)
+
+
+MODEL_ARTIFACTS = "model"  # the artefact folder a registered version points at: weights and model card
 
 
 def tracking_hint(cfg: DictConfig) -> str:

@@ -224,8 +224,8 @@ class MlflowTracker(Tracker):
         return {r.data.tags.get("sentinel.trial", ""): r.info.run_id for r in runs}
 
     def register_model(self, name: str, artifact: str, tags: Mapping[str, Any], description: str = "") -> None:
-        """A new version of registered model `name` whose source is `artifact` (the weights' path in this run),
-        described by `description` (the model card)."""
+        """A new version of registered model `name` whose source is `artifact` (a path in this run's artefacts:
+        the folder with the weights and their card), described by `description` (the model card)."""
         run = self._call("reading the run", self.client.get_run, self.run_id)
         if run is None:
             return
@@ -237,7 +237,7 @@ class MlflowTracker(Tracker):
             registered,
             f"{run.info.artifact_uri}/{artifact}",
             run_id=self.run_id,
-            tags={"sentinel.output_name": artifact, **{k: redact(str(v)) for k, v in tags.items()}},
+            tags={k: redact(str(v)) for k, v in tags.items()},
             description=redact(description)[:MAX_DESCRIPTION_CHARS] or None,
         )
         if version is not None:
