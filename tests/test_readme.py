@@ -53,8 +53,9 @@ def readme_commands() -> list[str]:
     """Every command in README.md that starts with `python train.py` or `make `, in order of appearance."""
     text = README.read_text()
     snippets: list[str] = []
-    for block in re.findall(r"```(?:bash|sh)?\n(.*?)```", text, flags=re.S):
-        snippets += block.splitlines()
+    for language, block in re.findall(r"```(\w*)\n(.*?)```", text, flags=re.S):  # every fence, paired
+        if language in ("", "bash", "sh"):
+            snippets += block.splitlines()
     snippets += re.findall(r"`([^`\n]+)`", re.sub(r"```.*?```", "", text, flags=re.S))
     commands = []
     for snippet in snippets:
@@ -95,12 +96,32 @@ def test_the_readme_prints_the_commands_this_test_knows_how_to_run():
     assert not [c for c in commands if "<" in c or "..." in c], "placeholders cannot run as written"
 
 
+def user_dataset_conf(tmp_path: Path) -> Path:
+    """The README's own `mine.yaml` (its YAML block for a local YOLO folder), pointed at a small generated
+    dataset with train, val and test splits: a conf folder for `hydra.searchpath`."""
+    from builders import jpeg_bytes, make_source
+
+    (block,) = [b for b in re.findall(r"```yaml\n(.*?)```", README.read_text(), flags=re.S) if "yolo@mine" in b]
+    splits = {
+        split: {f"{split}{i}.jpg": (jpeg_bytes(100 * n + i), f"{i % 2} 0.5 0.5 0.4 0.4\n") for i in range(count)}
+        for n, (split, count) in enumerate((("train", 12), ("val", 4), ("test", 4)))
+    }
+    root = make_source(tmp_path / "my_yolo_dataset", ["gun", "person"], splits)
+    conf = tmp_path / "user_conf" / "datasets"
+    conf.mkdir(parents=True)
+    (conf / "mine.yaml").write_text(re.sub(r"path: .*", f"path: {root}", block))
+    return conf.parent
+
+
 @pytest.mark.slow
 def test_every_train_command_in_the_readme_works_as_written(tmp_path):
     data_dir = tmp_path / "data"
     ran, checked = [], []
+    user_conf = user_dataset_conf(tmp_path)
     for command in [c for c in readme_commands() if c.startswith("python train.py")]:
         args = shlex.split(command)[2:]
+        if any(arg.startswith("datasets=[mine") for arg in args):  # the README's mine.yaml, as a user adds it
+            args.append(f"hydra.searchpath=[file://{user_conf}]")
         if needs_outside(args) or "-m" in args:
             for job in sweep_jobs(args):
                 result = run_train(["--cfg", "job", *job], cwd=tmp_path)
@@ -114,6 +135,7 @@ def test_every_train_command_in_the_readme_works_as_written(tmp_path):
         assert result.returncode == 0, f"{command}\n{result.stderr[-3000:]}"
         assert "Traceback" not in result.stderr, command
         ran.append(command)
+    assert any("datasets=[mine]" in c for c in ran)
     assert any("mode=finetune finetune.hparams_from=latest" in c for c in ran)
     assert any("evaluate.compare_to=latest" in c for c in ran)
     assert checked, "no command needed the --cfg job path: the classification is broken"
