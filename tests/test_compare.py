@@ -44,6 +44,6 @@ def test_the_html_links_each_run_and_draws_a_bar_per_value_and_the_plot_labels_a
     runs = best_first([run("a", 0.0), run("b", 0.5)], "test/map50")
     page = compare_html(runs, [], "test/map50")
     assert "<a href='http://mlflow/#/b'>b</a>" in page and "<a href='file:///runs/a'>/runs/a</a>" in page
-    assert page.count("class='bar'") == 2 and "0.5000" in page and ">0</td>" in page
+    assert page.count("class='bar'") == 2 and "0.5000" in page and ">0.0000</td>" in page
     plot_metric(runs, "test/map50", tmp_path / "compare.png")
     assert (tmp_path / "compare.png").stat().st_size > 0

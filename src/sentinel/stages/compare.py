@@ -280,7 +280,8 @@ def _value(run: ComparedRun, metric: str) -> str:
     value = metric_value(run, metric)
     if value is None:
         return "—"
-    return str(int(value)) if value.is_integer() else f"{value:.4f}"
+    counted = metric.startswith("prep/")  # prep's counts are whole; every other metric reads as a score
+    return str(int(value)) if counted and value.is_integer() else f"{value:.4f}"
 
 
 def direction(metric: str) -> str:
