@@ -200,8 +200,11 @@ def label_font(size: int = LABEL_PX) -> Any:
 
 
 def draw_label(draw: Any, xy: tuple[float, float], text: str, colour: tuple[int, int, int]) -> None:
-    """`text` in `colour` on a dark box at `xy` (a box's top-left corner), readable on any image."""
+    """`text` in `colour` on a dark box at `xy` (a box's top-left corner), readable on any image; moved left as
+    far as needed to stay whole on the image."""
     font = label_font()
+    overflow = draw.textbbox(xy, text, font=font)[2] + 1 - draw.im.size[0]
+    xy = (max(1.0, xy[0] - max(0, overflow)), xy[1])
     left, top, right, bottom = draw.textbbox(xy, text, font=font)
     draw.rectangle((left - 1, top - 1, right + 1, bottom + 1), fill=(0, 0, 0))
     draw.text(xy, text, fill=colour, font=font)

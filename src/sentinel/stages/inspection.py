@@ -356,7 +356,9 @@ def draw_gallery(dataset: Any, count_field: str, count: int, what: str, path: Pa
                 text = d.label if d.confidence is None else f"{d.label} {d.confidence:.2f}"
                 text += {"fn": " missed", "fp": " false"}.get(d.eval, "")
                 draw_label(draw, (x + 2, y + 2), text, colour)
-        caption = f"{Path(sample.filepath).name}: {sample[count_field]} {what}"
+        count = sample[count_field]
+        counted = {"missed boxes": "missed box", "false alarms": "false alarm"}.get(what, what) if count == 1 else what
+        caption = f"{count} {counted} · {Path(sample.filepath).name}"  # the count first: a long name is cut
         draw_label(draw, (4, tile - LABEL_PX - 6), caption, (255, 255, 255))
         tiles.append(img)
     legend = f"{what.capitalize()}, worst image first. Ground truth: green; predictions: magenta."
