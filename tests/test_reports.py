@@ -71,3 +71,23 @@ def test_progress_lines_say_how_far_and_how_long_is_left_where_no_bar_can_show(c
             lines.update(5_000)
     shown = [r.getMessage() for r in caplog.records]
     assert shown[0].startswith("prep: images merged: 5000 of 20000 (25%), about ") and len(shown) == 3  # not at 100%
+
+
+def test_a_roboflow_download_says_how_much_has_arrived_while_it_runs(tmp_path, caplog):
+    import logging
+    import threading
+
+    from sentinel.dataset.sources.roboflow import log_download_progress
+
+    (tmp_path / "part.zip").write_bytes(b"x" * 2_500_000)
+    stop = threading.Event()
+    with caplog.at_level(logging.INFO, logger="sentinel.dataset.sources.roboflow"):
+        watcher = threading.Thread(target=log_download_progress, args=(tmp_path, "ws/proj/3 (yolov8)", stop, 0.01))
+        watcher.start()
+        for _ in range(3000):  # until the first progress line, due 10 ms in (a bound, not a speed check)
+            if caplog.records:
+                break
+            stop.wait(0.01)
+        stop.set()
+        watcher.join()
+    assert caplog.records[0].getMessage().startswith("Roboflow ws/proj/3 (yolov8): 2.5 MB downloaded so far")

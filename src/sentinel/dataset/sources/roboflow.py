@@ -27,6 +27,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import zipfile
 from collections.abc import Callable, Iterator
@@ -97,6 +98,9 @@ def _download_in_child(cfg: DictConfig, out: Path, what: str) -> None:
             text=True,
             errors="replace",
         )
+        stop = threading.Event()
+        watcher = threading.Thread(target=log_download_progress, args=(out, what, stop), daemon=True)
+        watcher.start()
         try:
             _, stderr = child.communicate(timeout=cfg.timeout_s)
         except subprocess.TimeoutExpired:
@@ -106,6 +110,9 @@ def _download_in_child(cfg: DictConfig, out: Path, what: str) -> None:
                 f"Roboflow {what}: no complete download after {cfg.timeout_s:.0f} s (the version may still be "
                 "generating on Roboflow). Fix: try again later or raise datasets.<name>.timeout_s"
             ) from None
+        finally:
+            stop.set()
+            watcher.join()
         for line in stderr.splitlines():
             log.debug("roboflow sdk: %s", redact(line))
         outcome = json.loads(outcome_file.read_text()) if outcome_file.is_file() else None
@@ -116,6 +123,28 @@ def _download_in_child(cfg: DictConfig, out: Path, what: str) -> None:
         raise _Transient(outcome["message"])
     if outcome["kind"] == "error":
         raise SentinelError(outcome["message"]) from None
+
+
+PROGRESS_EVERY_S = 10.0  # the SDK's own progress bars go nowhere (its stdout): this says how far it is
+
+
+def log_download_progress(out: Path, what: str, stop: threading.Event, every_s: float = PROGRESS_EVERY_S) -> None:
+    """Until `stop`: every `every_s` seconds, how much of the download is in `out` so far."""
+    started = time.monotonic()
+    while not stop.wait(every_s):
+        size = folder_bytes(out)
+        log.info("Roboflow %s: %.1f MB downloaded so far (%.0f s)", what, size / 1e6, time.monotonic() - started)
+
+
+def folder_bytes(folder: Path) -> int:
+    """Bytes in `folder` now; a file the SDK moves or deletes meanwhile counts as nothing."""
+    total = 0
+    for path in folder.rglob("*"):
+        try:
+            total += path.stat().st_size if path.is_file() else 0
+        except OSError:
+            continue
+    return total
 
 
 def _child_main(request_json: str) -> None:
