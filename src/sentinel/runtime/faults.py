@@ -30,11 +30,8 @@ def kill_point(point: str) -> None:
     """SIGKILL this process here if SENTINEL_KILL_AFTER names this point and its count is reached."""
     if os.environ.get(RAISE_ENV) == point:
         raise RuntimeError(f"injected fault at {point}")
-    wanted = os.environ.get(KILL_ENV)
-    if not wanted:
-        return
-    name, _, count = wanted.partition(":")
-    if name != point:
+    count = armed(KILL_ENV, point)
+    if count is None:
         return
     with _lock:
         _passes[point] += 1
@@ -45,12 +42,19 @@ def kill_point(point: str) -> None:
 
 def hold_point(point: str) -> None:
     """Wait here until the file SENTINEL_HOLD_AT names exists, if it names this point (at most HOLD_LIMIT_S)."""
-    wanted = os.environ.get(HOLD_ENV)
-    if not wanted:
-        return
-    name, _, release = wanted.partition(":")
-    if name != point:
+    release = armed(HOLD_ENV, point)
+    if release is None:
         return
     deadline = time.monotonic() + HOLD_LIMIT_S
     while not os.path.exists(release) and time.monotonic() < deadline:
         time.sleep(0.05)
+
+
+def armed(env: str, point: str) -> str | None:
+    """What follows `<point>:` in the variable `env` when it names this point (`""` when nothing does); None
+    when it names another point or is unset."""
+    wanted = os.environ.get(env)
+    if not wanted:
+        return None
+    name, _, argument = wanted.partition(":")
+    return argument if name == point else None
