@@ -31,6 +31,7 @@ class Mode(str, Enum):
     doctor = "doctor"
     compare = "compare"
     inspect = "inspect"
+    predict = "predict"
 
 
 class OnBadLabel(str, Enum):
@@ -280,6 +281,24 @@ class CompareConfig:
     all_keys: bool = False  # list every differing key, not the preset's name for the keys that change with it
 
 
+@dataclass
+class PredictConfig:
+    """mode=predict: the detector on images, folders, videos and streams, with alerts (sentinel.stages.predict)."""
+
+    source: str = ""  # an image, a folder, a glob, a video, an rtsp:// or http:// stream, or a camera index
+    weights: str = "latest"  # latest, a finetune run folder, a .pt, an export (.onnx, ...) or models:/<name>/<v>
+    conf: float = 0.25
+    iou: float = 0.7
+    imgsz: int | None = None  # None: the size the weights were trained at
+    classes: list[str] = field(default_factory=list)  # only these classes; empty: all
+    save_annotated: bool = False
+    vid_stride: int = 1
+    alert: dict[str, float] = field(default_factory=dict)  # class → confidence threshold
+    alert_min_frames: int = 3
+    tracker: str = "bytetrack.yaml"
+    timeout_s: float = 10.0  # how long a stream or camera may take to give its first frame
+
+
 class TrackingBackend(str, Enum):
     mlflow = "mlflow"
     none = "none"
@@ -328,12 +347,13 @@ class SentinelConfig:
     inspect: InspectConfig = field(default_factory=InspectConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)
 
 
 # Dict-valued settings whose keys are the user's (class names), not the schema's. OmegaConf rejects new keys
 # in any node under a struct-mode root, so Hydra's `merge.aliases='{handgun: gun}'` failed with "Key
 # 'handgun' is not in struct" (omry/omegaconf#461); these nodes alone are opened, the rest stays strict.
-FREE_FORM_DICTS = ("merge.aliases",)
+FREE_FORM_DICTS = ("merge.aliases", "predict.alert")
 
 
 def register_configs() -> None:

@@ -38,6 +38,7 @@ def validate(cfg: DictConfig) -> None:
     _check_model(cfg.model)
     _check_training(cfg.training)
     _check_inspect(cfg.inspect)
+    _check_predict(cfg.predict, cfg.mode)
     _check_tune(cfg.tune)
     _check_stages(cfg)
     _check_tracking(cfg.tracking)
@@ -137,6 +138,34 @@ def _check_inspect(inspect: DictConfig) -> None:
             raise ConfigError(f"inspect.{key}", f"must be 0 or more, got {inspect[key]}")
     if not 1 <= inspect.port <= 65535:
         raise ConfigError("inspect.port", f"{inspect.port} is not a TCP port", "use e.g. 5151")
+
+
+def _check_predict(predict: DictConfig, mode: str) -> None:
+    """Values alone; whether the source exists and the weights know the classes is checked by mode=predict."""
+    if str(mode) in ("predict", "Mode.predict") and not str(predict.source).strip():
+        raise ConfigError(
+            "predict.source",
+            "is empty: mode=predict needs something to run on",
+            "give an image, a folder, a glob, a video, an rtsp:// or http:// stream or a camera index, "
+            "e.g. predict.source=clips/door.mp4",
+        )
+    for key in ("conf", "iou"):
+        if not 0.0 <= predict[key] <= 1.0:
+            raise ConfigError(f"predict.{key}", f"must be between 0 and 1, got {predict[key]}", "e.g. 0.25")
+    for name, threshold in predict.alert.items():
+        if not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
+            raise ConfigError(
+                f"predict.alert.{name}", f"must be a confidence between 0 and 1, got {threshold!r}", "e.g. {gun: 0.5}"
+            )
+    for key in ("vid_stride", "alert_min_frames"):
+        if predict[key] < 1:
+            raise ConfigError(f"predict.{key}", f"must be at least 1, got {predict[key]}")
+    if predict.imgsz is not None and (predict.imgsz < 32 or predict.imgsz % 32):
+        raise ConfigError(
+            "predict.imgsz", f"must be a multiple of 32 (the model's stride), got {predict.imgsz}", "e.g. 640"
+        )
+    if not predict.timeout_s > 0:
+        raise ConfigError("predict.timeout_s", f"must be above 0 seconds, got {predict.timeout_s}", "e.g. 10")
 
 
 def _check_hardware(hw: DictConfig) -> None:

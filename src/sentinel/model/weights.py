@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
 from sentinel.errors import ConfigError
 from sentinel.runtime.runs import resolve_result
@@ -49,3 +50,51 @@ def weights_key(weights: Path) -> dict[str, object]:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return {"weights_digest": digest.hexdigest()}
+
+
+def given_weights_file(value: str, key: str) -> Path | None:
+    """A weights file or export named directly (`.pt`, `.onnx`, `.torchscript`, an OpenVINO folder, …), which
+    must exist; None for `latest` and run folders, which name a fine-tune."""
+    path = Path(value).expanduser()
+    looks_like_file = path.suffix.lower() in WEIGHTS_SUFFIXES or path.name.endswith("_model")
+    if not looks_like_file:
+        return None
+    if not path.exists():
+        raise ConfigError(
+            key, f"{path.resolve()} does not exist", "give existing weights, a finetune run folder or latest"
+        )
+    return path.resolve()
+
+
+# What Ultralytics loads as a model: its weights and the exports Sentinel makes (sentinel.stages.export).
+WEIGHTS_SUFFIXES = (".pt", ".onnx", ".torchscript", ".engine", ".mlpackage", ".tflite", ".pb")
+
+
+def registered_weights(folder: Path) -> Path:
+    """The weights in a downloaded registered version: the pyfunc model's artefact (artifacts/*.pt), or the .pt
+    of a version registered before versions were MLflow models."""
+    found = sorted(folder.glob("artifacts/*.pt")) or sorted(folder.rglob("*.pt"))
+    if not found:
+        raise ConfigError(
+            "predict.weights", f"the registered version in {folder} holds no .pt file", "register fine-tuned weights"
+        )
+    return found[0]
+
+
+def model_names(model: Any) -> list[str]:
+    """The class names of a loaded YOLO model (an export's from its metadata), in class-id order."""
+    names = model.names
+    return [str(names[i]) for i in sorted(names)] if isinstance(names, dict) else [str(n) for n in names]
+
+
+def trained_imgsz(model: Any, weights: Path) -> int | None:
+    """The image size the weights were trained at: the checkpoint's training arguments, or the model card that
+    Sentinel writes beside weights and exports; None when neither says (Ultralytics' default then)."""
+    import json
+
+    args = getattr(model, "ckpt", None) or {}
+    size = (args.get("train_args") or {}).get("imgsz") if isinstance(args, dict) else None
+    card = weights.parent / "model_card.json"
+    if size is None and card.is_file():
+        size = (json.loads(card.read_text()).get("training") or {}).get("imgsz")
+    return int(size) if isinstance(size, (int, float)) else None

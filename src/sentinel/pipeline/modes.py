@@ -88,6 +88,12 @@ def run_compare(cfg: DictConfig, run_dir: Path, dataset: RunDataset, tracker: Tr
     return compare(cfg, run_dir, launch_dir())
 
 
+def run_predict(cfg: DictConfig, run_dir: Path, dataset: RunDataset, tracker: Tracker) -> Any:
+    from sentinel.stages.predict.run import predict
+
+    return predict(cfg, run_dir, dataset, tracker, launch_dir())
+
+
 STAGES: dict[Mode, Callable[[DictConfig, Path, RunDataset, Tracker], Any]] = {
     Mode.doctor: run_doctor,
     Mode.prep: run_prep,
@@ -97,6 +103,7 @@ STAGES: dict[Mode, Callable[[DictConfig, Path, RunDataset, Tracker], Any]] = {
     Mode.evaluate: run_evaluate,
     Mode.compare: run_compare,
     Mode.inspect: run_inspect,
+    Mode.predict: run_predict,
 }
 
 
@@ -206,30 +213,37 @@ def record_results(
 ) -> None:
     """The run folder as artefacts, the test table as the run's description (what MLflow's run page shows
     first), and fine-tuned weights as a new registered model version, described by its model card."""
+    finetuned = results.get("finetune")
+    register = finetuned is not None and not finetuned.skipped and cfg.tracking.register_model and tracker.active
+    if register:
+        build_pyfunc_model(finetuned.weights, run_dir)
     tracker.log_run_folder(run_dir)
     if "evaluate" in results and (run_dir / "metrics.md").is_file():
         tracker.set_tags({"mlflow.note.content": (run_dir / "metrics.md").read_text()[:MAX_DESCRIPTION_CHARS]})
-    finetuned = results.get("finetune")
-    if finetuned is None or finetuned.skipped or not cfg.tracking.register_model:
+    if not register:
         return  # weights reused from an earlier run were registered by that run
     tags: dict[str, Any] = {"dataset": dataset.merged().fingerprint, "hparams_from": finetuned.hparams_from}
     if "evaluate" in results:
         tags.update({f"test.{k}": round(v, 4) for k, v in results["evaluate"].metrics["means"].items()})
     from sentinel.model.card import CARD
 
-    # The version's source is a folder of its own, the weights and their card, so that
-    # `mlflow.artifacts.download_artifacts("models:/<name>/<version>")` gives exactly those (MLflow cannot
-    # download a version whose source is a single local file).
     card = finetuned.weights.parent / f"{CARD}.md"
-    for path in (finetuned.weights, card, card.with_suffix(".json")):
-        if path.is_file():
-            tracker.log_artifact(path, MODEL_ARTIFACTS)
     description = card.read_text() if card.is_file() else ""
     tags["sentinel.weights_file"] = finetuned.weights.name
     tracker.register_model(Path(cfg.model.output_name).stem, MODEL_ARTIFACTS, tags, description)
 
 
-MODEL_ARTIFACTS = "model"  # the artefact folder a registered version points at: weights and model card
+# The run folder's MLflow model (and the artefact folder a registered version points at): the weights and their
+# card with the code that serves them, so `mlflow.pyfunc.load_model("models:/sentinel/latest")` and
+# `mlflow models serve` work (sentinel.model.serving).
+MODEL_ARTIFACTS = "model"
+
+
+def build_pyfunc_model(weights: Path, run_dir: Path) -> None:
+    from sentinel.model.card import CARD
+    from sentinel.model.serving import save_pyfunc_model
+
+    save_pyfunc_model(weights, weights.parent / f"{CARD}.json", run_dir / MODEL_ARTIFACTS)
 
 
 def tracking_hint(cfg: DictConfig) -> str:
@@ -266,6 +280,12 @@ def summary(run_dir: Path, results: dict[str, Any]) -> str:
         alarms = sum(row["false_positives"] for row in results["inspect"]["classes"])
         add("inspect", f"{missed} boxes missed, {alarms} false alarms; {run_dir / 'errors.md'}")
         lines.append(f"{'':<12}{run_dir / 'missed.png'}, {run_dir / 'false_alarms.png'}")
+    if "predict" in results:
+        done = results["predict"]
+        found = ", ".join(f"{n} {name}" for name, n in sorted(done.detections.items())) or "nothing"
+        add("predict", f"{done.frames} {done.unit} at {done.fps:.1f}/s: {found}; {done.alerts} alerts; {done.report}")
+        if done.annotated:
+            lines.append(f"{'':<12}annotated: {', '.join(str(p) for p in done.annotated)}")
     if "compare" in results:
         compared = results["compare"]
         add("compare", f"{len(compared.runs)} runs, {len(compared.differing)} config keys differ (see the report)")

@@ -58,13 +58,23 @@ MAX_DESCRIPTION_CHARS = 5000  # a run's note (mlflow.note.content) or a model ve
 BATCH = 100  # MLflow takes at most 100 params or tags (1000 metrics) per log_batch call
 # Logged as artefacts at the end of a run: everything in the run folder except Ray's trial folders (each
 # trial's weights; the best one is kept in tune/best_trial/), Ultralytics' last.pt (a resume point) and the
-# run folder's lock (sentinel.runtime.runs.RUN_LOCK) and a rerun's own tracking record (RERUN_RECORD above).
-SKIP_ARTIFACTS = ("ray_tune", "finetune/weights/last.pt", ".run.lock", ".tracking-rerun.json")
+# run folder's lock (sentinel.runtime.runs.RUN_LOCK), a rerun's own tracking record (RERUN_RECORD above), and
+# from mode=predict the registered version it downloaded (in the registry already) and its annotated images or
+# videos (as large as the input; they stay in the run folder).
+SKIP_ARTIFACTS = (
+    "ray_tune",
+    "finetune/weights/last.pt",
+    ".run.lock",
+    ".tracking-rerun.json",
+    "registered_model",
+    "annotated",
+)
 
 
 class Tracker:
     """Logs nothing: `tracking=none`, and what stages talk to before a run starts."""
 
+    active = False  # records something: a record worth the work of building (an MLflow model folder)
     run_id = ""
     incomplete = ""  # after `end`: why the MLflow run misses something ("" when it holds everything)
     detached = False  # after `end`: the tracking service records the run after train.py has exited
@@ -89,6 +99,8 @@ class Tracker:
 class MlflowTracker(Tracker):
     """One MLflow run. A call that fails is one warning naming the store and the cause; logging stops for the
     run, but its end is still recorded (FINISHED, FAILED or KILLED), and tracking.json says it is incomplete."""
+
+    active = True
 
     def __init__(self, client: Any, run_id: str, experiment_id: str, record: Path, uri: str = "") -> None:
         self.client, self.run_id, self.experiment_id, self.record = client, run_id, experiment_id, record
@@ -225,7 +237,8 @@ class MlflowTracker(Tracker):
 
     def register_model(self, name: str, artifact: str, tags: Mapping[str, Any], description: str = "") -> None:
         """A new version of registered model `name` whose source is `artifact` (a path in this run's artefacts:
-        the folder with the weights and their card), described by `description` (the model card)."""
+        the MLflow model folder with the weights and their card), described by `description` (the model card).
+        The version takes the alias CHAMPION when it beats the version holding it on CHAMPION_METRIC."""
         run = self._call("reading the run", self.client.get_run, self.run_id)
         if run is None:
             return
@@ -240,8 +253,30 @@ class MlflowTracker(Tracker):
             tags={k: redact(str(v)) for k, v in tags.items()},
             description=redact(description)[:MAX_DESCRIPTION_CHARS] or None,
         )
-        if version is not None:
-            log.info("tracking: weights registered as model %r version %s", registered, version.version)
+        if version is None:
+            return
+        log.info("tracking: weights registered as model %r version %s", registered, version.version)
+        verdict = self._call("comparing with the champion", champion_verdict, self.client, registered, tags)
+        if verdict is None:
+            return
+        takes, why = verdict
+        if takes:
+            self._call(
+                "setting the champion alias",
+                self.client.set_registered_model_alias,
+                registered,
+                CHAMPION,
+                version.version,
+            )
+        note = f"\n\n## Registry\n\n{'Champion' if takes else 'Not the champion'}: {why}.\n"
+        self._call(
+            "describing the version",
+            self.client.update_model_version,
+            registered,
+            version.version,
+            description=(redact(description)[: MAX_DESCRIPTION_CHARS - len(note)] + note),
+        )
+        log.info("tracking: model %r version %s: %s", registered, version.version, why)
 
     def end(self, status: str) -> None:
         self._tag_renamed()
@@ -356,6 +391,8 @@ class ServiceTracker(Tracker):
     finishes after train.py has exited, so a short command stays short. A service that dies is a warning
     and tracking stops, like a failed call.
     """
+
+    active = True
 
     def __init__(
         self, process: subprocess.Popen[bytes], record: Path, spec: RunSpec, ready_fd: int, wait: bool
@@ -480,6 +517,44 @@ class ServiceTracker(Tracker):
             seconds = {**record.get("seconds", {}), "train_py_waited": round(waited, 3)}
             with contextlib.suppress(OSError):
                 write_json_atomic(path, {**record, "seconds": seconds})
+
+
+CHAMPION = "champion"  # the registered model's alias for its best version: models:/<name>@champion
+CHAMPION_METRIC = "test.map50-95"  # a version tag (higher is better), set when the run evaluated its weights
+
+
+def champion_verdict(client: Any, registered: str, tags: Mapping[str, Any]) -> tuple[bool, str]:
+    """Whether a new version with these tags takes the alias from the version holding it, and why (in words)."""
+    from mlflow.exceptions import MlflowException
+
+    score = _score(tags.get(CHAMPION_METRIC))
+    try:
+        holder = client.get_model_version_by_alias(registered, CHAMPION)
+    except MlflowException:  # no version holds it yet
+        holder = None
+    if score is None:
+        return False, f"no {CHAMPION_METRIC} (the run did not evaluate these weights), so it cannot be compared"
+    if holder is None:
+        return True, f"the first version with a {CHAMPION_METRIC} ({score:.4f}) takes the alias `{CHAMPION}`"
+    held = _score(holder.tags.get(CHAMPION_METRIC))
+    if held is None or score > held:
+        before = "none" if held is None else f"{held:.4f}"
+        return (
+            True,
+            f"{CHAMPION_METRIC} {score:.4f} beats version {holder.version}'s {before}: alias `{CHAMPION}` moved here",
+        )
+    return (
+        False,
+        f"{CHAMPION_METRIC} {score:.4f} does not beat version {holder.version}'s {held:.4f}, which keeps `{CHAMPION}`",
+    )
+
+
+def _score(value: Any) -> float | None:
+    """A score as given (a number) or as MLflow keeps a tag (its text); None when absent."""
+    try:
+        return as_float(float(str(value))) if value is not None else None
+    except ValueError:
+        return None
 
 
 def _log_file() -> str:

@@ -238,3 +238,61 @@ def process_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def download_registered_model(uri: str, tracking: str, into: Path, key: str) -> Path:
+    """The files of a registered version (`models:/<name>/<version|latest>` or `models:/<name>@<alias>`),
+    downloaded to a temporary folder and renamed to `into`; a URI the registry does not know is a ConfigError.
+
+    The version is looked up with a client of this store (mlflow.artifacts.download_artifacts would read a
+    models:/ URI from the process-wide registry URI instead, whatever tracking_uri it is given).
+    """
+    import shutil
+    import tempfile
+
+    import mlflow.artifacts
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    into.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{into.name}.tmp-", dir=into.parent))
+    try:
+        try:
+            version = registered_version(MlflowClient(tracking_uri=tracking, registry_uri=tracking), uri, key)
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=version.source, dst_path=str(staging), tracking_uri=tracking
+            )
+        except MlflowException as error:
+            first = str(error.message).splitlines()[0] if str(error.message) else type(error).__name__
+            raise ConfigError(
+                key,
+                f"{uri} is not in the registry at {tracking} ({first})",
+                "give models:/<name>/<version>, models:/<name>/latest or models:/<name>@champion of a registered model",
+            ) from None
+        os.replace(staging / Path(version.source.rstrip("/")).name, into)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return into
+
+
+def registered_version(client: Any, uri: str, key: str) -> Any:
+    """The ModelVersion a models:/ URI names."""
+    rest = uri.removeprefix("models:/").strip("/")
+    if "@" in rest:
+        name, alias = rest.split("@", 1)
+        return client.get_model_version_by_alias(name, alias)
+    name, _, version = rest.partition("/")
+    if not name or not version:
+        raise ConfigError(
+            key,
+            f"{uri} names no version",
+            "e.g. models:/sentinel/3, models:/sentinel/latest or models:/sentinel@champion",
+        )
+    if version == "latest":
+        versions = client.search_model_versions(f"name = '{name}'", order_by=["version_number DESC"], max_results=1)
+        if not versions:
+            raise ConfigError(
+                key, f"registered model {name!r} has no version", "fine-tune with tracking on to register one"
+            )
+        return versions[0]
+    return client.get_model_version(name, version)
