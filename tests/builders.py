@@ -90,3 +90,18 @@ def last_epoch_rate(results_csv: Path, applied: dict) -> tuple[float, float]:
         rows = [{k.strip(): v for k, v in row.items()} for row in csv.DictReader(handle)]
     epoch, epochs, lrf = int(rows[-1]["epoch"]) - 1, len(rows), applied["lrf"]
     return float(rows[-1]["lr/pg1"]), applied["lr0"] * ((1 - epoch / epochs) * (1 - lrf) + lrf)
+
+
+def write_video(path: Path, image: Path, frames: int, fps: float = 25.0, shift_every: int = 6) -> Path:
+    """An MJPG video of `frames` frames: `image` sliding right one pixel every `shift_every` frames, so the
+    objects in it stay in view and move a little, as a camera sees them."""
+    import cv2
+    import numpy as np
+
+    still = cv2.imread(str(image))
+    height, width = still.shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (width, height))
+    for i in range(frames):
+        writer.write(np.roll(still, i // shift_every, axis=1))
+    writer.release()
+    return path

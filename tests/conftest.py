@@ -184,3 +184,33 @@ def kill_process_tree(process: subprocess.Popen) -> int:
     _, alive = psutil.wait_procs(family, timeout=30)
     assert not alive, f"still running after SIGKILL: {alive}"
     return status
+
+
+@pytest.fixture(scope="session")
+def demo_weights(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Path:
+    """Weights that detect the demo shapes (the demo preset's 40-epoch fine-tune, about a minute), trained
+    once per test session and shared by every worker: tests that only need a model that finds something use
+    these. The demo data they were trained on is under the returned file's ../../data."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    shared = base if worker_id == "master" else base.parent  # xdist: the folder above every worker's own
+    folder = shared / "demo-weights"
+    with FileLock(str(shared / "demo-weights.lock")):
+        weights = folder / "run" / "sentinel.pt"
+        if not (folder / "done").is_file():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            result = run_train(
+                [
+                    "experiment=demo",
+                    "mode=finetune",
+                    UNTRACKED,
+                    f"data_dir={folder / 'data'}",
+                    f"hydra.run.dir={folder / 'run'}",
+                ],
+                cwd=folder,
+            )
+            assert result.returncode == 0, result.stderr[-3000:]
+            (folder / "done").write_text(str(weights))
+    return weights

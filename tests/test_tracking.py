@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import signal
 import subprocess
@@ -168,15 +169,128 @@ def test_reports_weights_and_exports_are_artifacts_and_the_weights_a_model_versi
     versions = client.search_model_versions(f"run_id = '{run.info.run_id}'")
     assert len(versions) == 1 and versions[0].name == "sentinel" and versions[0].source.endswith("/model")
     assert versions[0].tags["dataset"] == run.data.tags["sentinel.dataset"]
-    assert versions[0].description == (run_dir / "model_card.md").read_text()  # the registry shows the card
-    # As the README loads it: the version's folder holds the weights and their card.
+    description = versions[0].description  # the registry shows the card, and why the version is or is not champion
+    assert description.startswith((run_dir / "model_card.md").read_text()) and "\n## Registry\n" in description
+    # As the README loads it: the version is an MLflow model whose artefacts are the weights and their card.
     import mlflow
     from ultralytics import YOLO
 
     mlflow.set_tracking_uri(mlflow_server)
     folder = Path(mlflow.artifacts.download_artifacts("models:/sentinel/latest", dst_path=str(tmp_path)))
-    assert sorted(p.name for p in folder.iterdir()) == ["model_card.json", "model_card.md", "sentinel.pt"]
-    assert YOLO(str(folder / "sentinel.pt")).names == YOLO(str(run_dir / "sentinel.pt")).names
+    assert {"MLmodel", "pyfunc_model.py", "requirements.txt"} <= {p.name for p in folder.iterdir()}
+    assert sorted(p.name for p in (folder / "artifacts").iterdir()) == ["model_card.json", "sentinel.pt"]
+    assert YOLO(str(folder / "artifacts" / "sentinel.pt")).names == YOLO(str(run_dir / "sentinel.pt")).names
+
+
+def image_frame(paths: list[Path]):
+    import base64
+
+    import pandas as pd
+
+    return pd.DataFrame({"image": [base64.b64encode(p.read_bytes()).decode() for p in paths]})
+
+
+def ultralytics_rows(weights: Path, paths: list[Path], conf: float) -> list[tuple]:
+    from ultralytics import YOLO
+
+    rows = []
+    for index, result in enumerate(
+        YOLO(str(weights)).predict([str(p) for p in paths], imgsz=64, conf=conf, verbose=False)
+    ):
+        for cls, score in zip(result.boxes.cls.tolist(), result.boxes.conf.tolist(), strict=True):
+            rows.append((index, result.names[int(cls)], round(score, 3)))
+    return rows
+
+
+def test_the_registered_version_loads_with_mlflow_pyfunc_and_answers_as_ultralytics(demo_run, mlflow_server):
+    import mlflow.pyfunc
+
+    run_dir = demo_run[0]
+    images = sorted((run_dir.parent / "data" / "merged").glob("*/images/test/*.jpg"))[:4]
+    mlflow.set_tracking_uri(mlflow_server)
+    model = mlflow.pyfunc.load_model("models:/sentinel@champion")
+    assert [c.name for c in model.metadata.get_input_schema().inputs] == ["image"]
+    boxes = model.predict(image_frame(images), params={"conf": 0.001})
+    assert list(boxes.columns) == ["image_index", "class_name", "class_id", "confidence", "x1", "y1", "x2", "y2"]
+    ours = [(r.image_index, r.class_name, round(r.confidence, 3)) for r in boxes.itertuples()]
+    assert ours == ultralytics_rows(run_dir / "sentinel.pt", images, 0.001) and ours
+
+
+def test_mlflow_models_serve_answers_with_the_registered_version(demo_run, mlflow_server, tmp_path):
+    run_dir = demo_run[0]
+    images = sorted((run_dir.parent / "data" / "merged").glob("*/images/test/*.jpg"))[:2]
+    port = free_port()
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": mlflow_server,
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    }
+    with open(tmp_path / "serve.log", "w") as serve_log:
+        server = subprocess.Popen(
+            [
+                Path(sys.executable).parent / "mlflow",
+                "models",
+                "serve",
+                "-m",
+                "models:/sentinel/1",
+                "--env-manager",
+                "local",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            env=env,
+            stdout=serve_log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 180  # a bound on waiting, not a speed check
+        while time.monotonic() < deadline:
+            assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/ping", timeout=2).ok:
+                    break
+            except requests.RequestException:
+                time.sleep(0.5)
+        frame = image_frame(images)
+        body = {"dataframe_split": frame.to_dict(orient="split", index=False), "params": {"conf": 0.001}}
+        answer = requests.post(f"http://127.0.0.1:{port}/invocations", json=body, timeout=120)
+        assert answer.ok, answer.text[:2000]
+        rows = answer.json()["predictions"]
+        ours = [(r["image_index"], r["class_name"], round(r["confidence"], 3)) for r in rows]
+        assert ours == ultralytics_rows(run_dir / "sentinel.pt", images, 0.001) and ours
+    finally:
+        kill_process_tree(server)
+
+
+def test_predict_with_a_models_uri_is_a_tracked_run_with_its_detections(demo_run, mlflow_server, tmp_path):
+    run_dir, client, _, _ = demo_run
+    images = sorted((run_dir.parent / "data" / "merged").glob("*/images/test/*.jpg"))
+    result = run_train(
+        [
+            *(
+                "experiment=demo",
+                "mode=predict",
+                f"data_dir={run_dir.parent / 'data'}",
+                f"hydra.run.dir={tmp_path / 'run'}",
+            ),
+            *(f"tracking.uri={mlflow_server}", "tracking.experiment=demo-tracked", "tracking.wait=true"),
+            *("predict.weights=models:/sentinel@champion", f"predict.source={images[0].parent}", "predict.conf=0.001"),
+        ],
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "run" / "predict_report.json").read_text())
+    assert report["weights_sha256"] == hashlib.sha256((run_dir / "sentinel.pt").read_bytes()).hexdigest()
+    run = runs_of(client, "demo-tracked", "tags.`sentinel.mode` = 'predict'")[0]
+    assert run.info.status == "FINISHED" and run.data.metrics["predict/frames"] == len(images)
+    assert run.data.params["predict.weights_sha256"] == report["weights_sha256"]
+    artefacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"detections.jsonl", "predict_report.md", "predict_report.json"} <= artefacts
+    assert "registered_model" not in artefacts  # in the registry already
 
 
 def test_the_runs_list_shows_mode_preset_and_time_and_the_run_page_the_test_table(demo_run):

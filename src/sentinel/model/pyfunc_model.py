@@ -52,14 +52,14 @@ class SentinelDetector(mlflow.pyfunc.PythonModel):
             )
             for index, result in enumerate(results):
                 boxes = result.boxes
-                for xyxy, cls, conf in zip(boxes.xyxy.tolist(), boxes.cls.tolist(), boxes.conf.tolist(), strict=False):
+                for xyxy, cls, conf in zip(boxes.xyxy.tolist(), boxes.cls.tolist(), boxes.conf.tolist(), strict=True):
                     rows.append(
                         {
                             "image_index": index,
                             "class_name": result.names[int(cls)],
                             "class_id": int(cls),
                             "confidence": float(conf),
-                            **dict(zip(("x1", "y1", "x2", "y2"), (float(v) for v in xyxy), strict=False)),
+                            **dict(zip(("x1", "y1", "x2", "y2"), (float(v) for v in xyxy), strict=True)),
                         }
                     )
         return pd.DataFrame(rows, columns=COLUMNS).astype(

@@ -142,7 +142,7 @@ def boxes_of(result: Any) -> list[Box]:
     ids = boxes.id.int().tolist() if boxes.is_track and boxes.id is not None else [None] * len(boxes)
     return [
         Box(result.names[int(c)], int(c), float(p), tuple(float(v) for v in xyxy), track)
-        for xyxy, c, p, track in zip(boxes.xyxy.tolist(), boxes.cls.tolist(), boxes.conf.tolist(), ids, strict=False)
+        for xyxy, c, p, track in zip(boxes.xyxy.tolist(), boxes.cls.tolist(), boxes.conf.tolist(), ids, strict=True)
     ]
 
 
