@@ -44,3 +44,4 @@ bench: setup
 	$(PY) benchmarks/finetune.py
 	$(PY) benchmarks/gpu_packing.py
 	$(PY) benchmarks/balance.py
+	$(PY) benchmarks/predict.py

@@ -131,6 +131,19 @@ def test_a_video_is_tracked_and_each_object_over_the_threshold_is_one_alert(demo
     assert report["frames_not_decoded"] == {str(clip): 0}
 
 
+def test_frames_a_damaged_video_cannot_decode_are_counted_and_skipped(demo_weights, clip, tmp_path):
+    damaged = tmp_path / "damaged.avi"
+    data = clip.read_bytes()
+    damaged.write_bytes(data[: len(data) * 6 // 10])  # the end of the file lost, as a copy cut short
+    predict(tmp_path, demo_weights, damaged)
+    run = tmp_path / "run"
+    report = json.loads((run / "predict_report.json").read_text())
+    done = report["frames"]
+    assert 0 < done < 200 and len(lines(run / "detections.jsonl")) == done
+    assert report["frames_not_decoded"] == {str(damaged): 200 - done}
+    assert f"- {damaged}: {200 - done}" in (run / "predict_report.md").read_text()
+
+
 def test_an_onnx_export_predicts_what_its_weights_do(demo_weights, tmp_path):
     data = f"data_dir={demo_weights.parents[1] / 'data'}"
     exported = run_train(

@@ -142,7 +142,7 @@ def _check_inspect(inspect: DictConfig) -> None:
 
 def _check_predict(predict: DictConfig, mode: str) -> None:
     """Values alone; whether the source exists and the weights know the classes is checked by mode=predict."""
-    if str(mode) in ("predict", "Mode.predict") and not str(predict.source).strip():
+    if mode == "predict" and not str(predict.source).strip():  # Mode is a str enum
         raise ConfigError(
             "predict.source",
             "is empty: mode=predict needs something to run on",

@@ -27,8 +27,10 @@ class SentinelDetector(mlflow.pyfunc.PythonModel):
         from ultralytics import YOLO
 
         self.model = YOLO(context.artifacts["weights"])
-        with open(context.artifacts["model_card"]) as handle:
-            self.imgsz = int(json.load(handle).get("training", {}).get("imgsz") or 640)
+        self.imgsz = None  # Ultralytics then uses the size in the checkpoint's training arguments
+        if "model_card" in context.artifacts:
+            with open(context.artifacts["model_card"]) as handle:
+                self.imgsz = json.load(handle).get("training", {}).get("imgsz")
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         import cv2
@@ -47,8 +49,8 @@ class SentinelDetector(mlflow.pyfunc.PythonModel):
                 images,
                 conf=float(params.get("conf", 0.25)),
                 iou=float(params.get("iou", 0.7)),
-                imgsz=self.imgsz,
                 verbose=False,
+                **({"imgsz": int(self.imgsz)} if self.imgsz else {}),
             )
             for index, result in enumerate(results):
                 boxes = result.boxes

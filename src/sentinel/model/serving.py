@@ -60,7 +60,7 @@ def save_pyfunc_model(weights: Path, card_json: Path, target: Path) -> Path:
         mlflow.pyfunc.save_model(  # into a subfolder: MLflow refuses a path that exists
             path=str(staging / "mlflow"),
             python_model=str(CODE),
-            artifacts={"weights": str(weights), "model_card": str(card_json)},
+            artifacts={"weights": str(weights), **({"model_card": str(card_json)} if card_json.is_file() else {})},
             signature=signature(),
             pip_requirements=pinned_requirements(),
         )

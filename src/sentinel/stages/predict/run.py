@@ -6,6 +6,7 @@ weights, and that the alert and filter classes are the weights' own."""
 from __future__ import annotations
 
 import difflib
+import json
 import logging
 import shutil
 import time
@@ -146,6 +147,56 @@ def boxes_of(result: Any) -> list[Box]:
     ]
 
 
+class Recorder:
+    """Everything a predict run writes, fed one Ultralytics result at a time and closed whole at the end."""
+
+    def __init__(self, source: Source, settings: DictConfig, names: list[str], run_dir: Path) -> None:
+        self.source, self.stride, self.run_dir = source, settings.vid_stride, run_dir
+        self.detections = LineLog(run_dir / DETECTIONS)
+        self.alert_log = LineLog(run_dir / ALERTS)
+        self.watch = AlertWatch(dict(settings.alert), settings.alert_min_frames, run_dir / "alerts")
+        self.tally = Tally(names)
+        rates = {path: video.fps / self.stride for path, video in source.videos.items()}
+        self.annotated = Annotated(run_dir / "annotated", rates) if settings.save_annotated else None
+        self.processed: dict[str, int] = {}  # results so far per file
+        self.started = time.perf_counter()
+
+    def record(self, result: Any, wall_ms: float) -> None:
+        path = str(result.path)
+        index = self.processed.get(path, 0)
+        self.processed[path] = index + 1
+        frame, time_s = frame_and_time(self.source, path, index, self.stride, self.started)
+        boxes = boxes_of(result)
+        line: dict[str, Any] = {"source": path}
+        if frame is not None:
+            line.update({"frame": frame, "time_s": round(time_s, 3)})
+        line["boxes"] = [box.as_record() for box in boxes]
+        self.detections.write(line)
+        self.tally.add(path, boxes, result.speed, wall_ms)
+        for alert in self.watch.see(path, index, frame, time_s, boxes, result.orig_img, self.source.tracked):
+            self.alert_log.write(alert.as_record())
+            print(alert_line(alert), flush=True)
+        if self.annotated is not None:
+            self.annotated.add(path, result.plot(), path in self.source.videos)
+
+    def close(self, facts: dict[str, Any], stopped: str) -> tuple[dict[str, Any], Path, list[Path]]:
+        """Close every file; alerts.jsonl is rewritten with each alert's last frame and top confidence."""
+        self.detections.close()
+        self.alert_log.close()
+        files = self.annotated.close() if self.annotated is not None else []
+        write_text_atomic(self.run_dir / ALERTS, "".join(json.dumps(a.as_record()) + "\n" for a in self.watch.alerts))
+        not_decoded = {} if stopped else self.frames_not_decoded()
+        data = report(self.tally, self.watch.alerts, facts, not_decoded, stopped)
+        return data, write_report(self.run_dir, data), files
+
+    def frames_not_decoded(self) -> dict[str, int]:
+        """Per video, the frames its header counts that never came out of the decoder (skipped, counted)."""
+        return {
+            path: max(0, video.frames // self.stride - self.processed.get(path, 0))
+            for path, video in self.source.videos.items()
+        }
+
+
 def run_predictions(
     results: Iterator[Any],
     source: Source,
@@ -155,67 +206,35 @@ def run_predictions(
     run_dir: Path,
     tracker: Tracker,
 ) -> PredictResult:
-    """Record each image or frame as it comes: its line, its alerts, its annotated copy. Ctrl-C and SIGTERM
-    end the loop; every file is then closed whole and the report says where it stopped."""
-    detections = LineLog(run_dir / DETECTIONS)
-    alert_log = LineLog(run_dir / ALERTS)
-    watch = AlertWatch(dict(settings.alert), settings.alert_min_frames, run_dir / "alerts")
-    tally = Tally(names)
-    rates = {path: video.fps / settings.vid_stride for path, video in source.videos.items()}
-    annotated = Annotated(run_dir / "annotated", rates) if settings.save_annotated else None
-    processed: dict[str, int] = {}
-    interrupted, files = "", []
-    shown = started = time.perf_counter()
+    """Record each image or frame as it comes. Ctrl-C and SIGTERM end the loop; every file is then closed
+    whole and the report says where it stopped."""
+    recorder = Recorder(source, settings, names, run_dir)
+    stopped = ""
+    shown = time.perf_counter()
     try:
         waited_since = time.perf_counter()
         for result in results:
-            wall_ms = (time.perf_counter() - waited_since) * 1000
-            path = str(result.path)
-            index = processed.get(path, 0)
-            processed[path] = index + 1
-            frame, time_s = frame_and_time(source, path, index, settings.vid_stride, started)
-            boxes = boxes_of(result)
-            record: dict[str, Any] = {"source": path}
-            if frame is not None:
-                record.update({"frame": frame, "time_s": round(time_s, 3)})
-            record["boxes"] = [box.as_record() for box in boxes]
-            detections.write(record)
-            tally.add(path, boxes, result.speed, wall_ms)
-            for alert in watch.see(path, index, frame, time_s, boxes, result.orig_img, source.tracked):
-                alert_log.write(alert.as_record())
-                print(alert_line(alert), flush=True)
-            if annotated is not None:
-                annotated.add(path, result.plot(), path in source.videos)
+            recorder.record(result, (time.perf_counter() - waited_since) * 1000)
             if time.perf_counter() - shown >= PROGRESS_EVERY_S:
                 shown = time.perf_counter()
-                log.info("predict: %s", progress(tally, source, settings.vid_stride))
+                log.info("predict: %s", progress(recorder.tally, source, settings.vid_stride))
             waited_since = time.perf_counter()
     except KeyboardInterrupt:
-        interrupted = "Ctrl-C or SIGTERM"
+        stopped = "Ctrl-C or SIGTERM"
+    except BaseException as error:  # the report still says how far it got, and that it failed there
+        stopped = f"failed: {type(error).__name__}"
+        raise
     finally:
-        detections.close()
-        alert_log.close()
-        if annotated is not None:
-            files = annotated.close()
-        write_text_atomic(run_dir / ALERTS, "".join(f"{_json(a.as_record())}\n" for a in watch.alerts))
-        not_decoded = (
-            {
-                path: max(0, video.frames // settings.vid_stride - processed.get(path, 0))
-                for path, video in source.videos.items()
-            }
-            if not interrupted
-            else {}
-        )
-        data = report(tally, watch.alerts, facts, not_decoded, interrupted)
-        report_file = write_report(run_dir, data)
+        data, report_file, files = recorder.close(facts, stopped)
     record_in_tracking(tracker, data)
-    if interrupted:
+    frames, alerts = recorder.tally.frames, len(recorder.watch.alerts)
+    if stopped:
         raise Interrupted(
-            f"predict stopped ({interrupted}) after {tally.frames} frames: {run_dir / DETECTIONS} holds them, "
-            f"{len(watch.alerts)} alerts in {run_dir / ALERTS}, report {report_file}"
+            f"predict stopped ({stopped}) after {frames} frames: {run_dir / DETECTIONS} holds them, "
+            f"{alerts} alerts in {run_dir / ALERTS}, report {report_file}"
         )
     unit = "frames" if source.tracked else "images"
-    return PredictResult(tally.frames, data["fps"], dict(tally.detections), len(watch.alerts), report_file, unit, files)
+    return PredictResult(frames, data["fps"], dict(recorder.tally.detections), alerts, report_file, unit, files)
 
 
 def frame_and_time(
@@ -252,9 +271,3 @@ def record_in_tracking(tracker: Tracker, data: dict[str, Any]) -> None:
         metrics[f"predict/{row['class']}/detections"] = row["detections"]
         metrics[f"predict/{row['class']}/alerts"] = row["alerts"]
     tracker.log_metrics(metrics)
-
-
-def _json(record: dict[str, Any]) -> str:
-    import json
-
-    return json.dumps(record)
