@@ -216,7 +216,7 @@ def record_results(
     finetuned = results.get("finetune")
     register = finetuned is not None and not finetuned.skipped and cfg.tracking.register_model and tracker.active
     if register:
-        build_pyfunc_model(finetuned.weights, run_dir)
+        register = build_pyfunc_model(finetuned.weights, run_dir)
     tracker.log_run_folder(run_dir)
     if "evaluate" in results and (run_dir / "metrics.md").is_file():
         tracker.set_tags({"mlflow.note.content": (run_dir / "metrics.md").read_text()[:MAX_DESCRIPTION_CHARS]})
@@ -239,11 +239,17 @@ def record_results(
 MODEL_ARTIFACTS = "model"
 
 
-def build_pyfunc_model(weights: Path, run_dir: Path) -> None:
+def build_pyfunc_model(weights: Path, run_dir: Path) -> bool:
+    """The MLflow model folder, or a warning and False: a run whose work is done does not fail on tracking."""
     from sentinel.model.card import CARD
     from sentinel.model.serving import save_pyfunc_model
 
-    save_pyfunc_model(weights, weights.parent / f"{CARD}.json", run_dir / MODEL_ARTIFACTS)
+    try:
+        save_pyfunc_model(weights, weights.parent / f"{CARD}.json", run_dir / MODEL_ARTIFACTS)
+    except Exception as error:  # MLflow's own errors are of several types
+        log.warning("tracking: the weights are not registered: building their MLflow model failed: %s", error)
+        return False
+    return True
 
 
 def tracking_hint(cfg: DictConfig) -> str:

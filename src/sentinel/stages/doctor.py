@@ -35,6 +35,7 @@ PACKAGES = (
     "opencv-python",
     "optuna",
     "mlflow",
+    "lap",  # mode=predict's tracker (ByteTrack)
 )
 MIN_FREE_GIB = 1.0
 

@@ -29,6 +29,7 @@ from sentinel.model.weights import (
     trained_imgsz,
 )
 from sentinel.runtime.eta import duration
+from sentinel.runtime.faults import hold_point, kill_point
 from sentinel.runtime.runs import write_text_atomic
 from sentinel.runtime.tracking.client import Tracker
 from sentinel.runtime.tracking.store import download_registered_model, local_store_dir, tracking_uri
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 DETECTIONS = "detections.jsonl"
 ALERTS = "alerts.jsonl"
 PROGRESS_EVERY_S = 10.0
+FRAME_POINT = "predict.frame"  # after each image or frame is recorded
 
 
 @dataclass(frozen=True)
@@ -178,6 +180,8 @@ class Recorder:
             print(alert_line(alert), flush=True)
         if self.annotated is not None:
             self.annotated.add(path, result.plot(), path in self.source.videos)
+        kill_point(FRAME_POINT)  # tests: a kill, or a Ctrl-C while held here, mid-video (runtime/faults.py)
+        hold_point(FRAME_POINT)
 
     def close(self, facts: dict[str, Any], stopped: str) -> tuple[dict[str, Any], Path, list[Path]]:
         """Close every file; alerts.jsonl is rewritten with each alert's last frame and top confidence."""
@@ -230,8 +234,8 @@ def run_predictions(
     frames, alerts = recorder.tally.frames, len(recorder.watch.alerts)
     if stopped:
         raise Interrupted(
-            f"predict stopped ({stopped}) after {frames} frames: {run_dir / DETECTIONS} holds them, "
-            f"{alerts} alerts in {run_dir / ALERTS}, report {report_file}"
+            f"predict stopped ({stopped}) after {frames} frame{'' if frames == 1 else 's'}: "
+            f"{run_dir / DETECTIONS} holds them, {alerts} alerts in {run_dir / ALERTS}, report {report_file}"
         )
     unit = "frames" if source.tracked else "images"
     return PredictResult(frames, data["fps"], dict(recorder.tally.detections), alerts, report_file, unit, files)
