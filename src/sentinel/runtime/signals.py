@@ -20,6 +20,10 @@ _installed: list[bool] = []
 
 def _as_ctrl_c(signum: int, frame: Any) -> None:
     _received.append(signum)
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        # A process started with SIGINT ignored (a script's background job, a test runner's worker) gets no
+        # KeyboardInterrupt from raising it: SIGTERM would do nothing. Python's own Ctrl-C is this exception.
+        raise KeyboardInterrupt
     signal.raise_signal(signal.SIGINT)
 
 
