@@ -98,6 +98,8 @@ class Tally:
                 self.tracks[box.class_name].add((source, box.track_id))
         for name in {box.class_name for box in boxes}:
             self.frames_with[name] += 1
+        if self.frames == 1:  # the first frame's time is start-up (the model's first call, opening the source)
+            return
         for stage in STAGES[1:]:
             self.ms[stage] += speed.get(stage) or 0.0
         # What the loop waited for beyond Ultralytics' three timed stages: reading and decoding the frame
@@ -124,7 +126,8 @@ def report(
         }
         for name in tally.names
     ]
-    per_frame = {stage: round(ms / tally.frames, 2) if tally.frames else 0.0 for stage, ms in tally.ms.items()}
+    timed = tally.frames - 1  # from the second frame on, as the rate (Tally.fps)
+    per_frame = {stage: round(ms / timed, 2) if timed > 0 else 0.0 for stage, ms in tally.ms.items()}
     return {
         **facts,
         "frames": tally.frames,
@@ -148,7 +151,7 @@ def report_markdown(data: dict[str, Any]) -> str:
         f"{data['frames']} {'frames' if data['kind'] != 'images' else 'images'} at {data['fps']:.1f} per second; "
         "time per frame in ms: "
         + ", ".join(f"{stage} {ms:.1f}" for stage, ms in data["ms_per_frame"].items())
-        + " (decode: reading the frame, and the tracker's update).",
+        + " (decode: reading the frame, and the tracker's update; the first frame, start-up, not counted).",
         "",
         "| class | detections | frames with one | tracks | alerts |",
         "|---|---|---|---|---|",
