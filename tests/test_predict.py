@@ -229,9 +229,9 @@ def test_ctrl_c_or_sigterm_mid_video_closes_every_file_and_says_what_was_done(de
         start_new_session=True,
         preexec_fn=terminal_ctrl_c if stop == signal.SIGINT else background_job,
     )
-    deadline = time.monotonic() + 300  # a bound on waiting for the first frame, not a speed check
+    # The moment is the first line on disk (the run then holds); the sleep is only how often to look.
     while not (run / "detections.jsonl").is_file() or not (run / "detections.jsonl").read_text():
-        assert process.poll() is None and time.monotonic() < deadline, "predict ended before its first frame"
+        assert process.poll() is None, "predict ended before its first frame"
         time.sleep(0.2)
     os.kill(process.pid, stop)
     _, stderr = process.communicate(timeout=120)

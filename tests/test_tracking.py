@@ -247,8 +247,7 @@ def test_mlflow_models_serve_answers_with_the_registered_version(demo_run, mlflo
             start_new_session=True,
         )
     try:
-        deadline = time.monotonic() + 180  # a bound on waiting, not a speed check
-        while time.monotonic() < deadline:
+        while True:  # until the server answers /ping (0.5 s: how often to ask); pytest's timeout bounds a hang
             assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
             try:
                 if requests.get(f"http://127.0.0.1:{port}/ping", timeout=2).ok:
@@ -363,8 +362,7 @@ def test_a_short_command_ends_before_its_run_is_recorded_and_a_machine_stop_then
     (journal,) = (tmp_path / "outputs" / "pending").glob("*.journal")  # what the service was sent, on disk
     service = psutil.Process(int(journal.name.split("-")[0]))
     record = tmp_path / "short" / "tracking.json"  # written once the service has opened the run, then it holds
-    deadline = time.monotonic() + 180  # a bound on waiting for the service, not a speed check
-    while not record.is_file() and service.is_running() and time.monotonic() < deadline:
+    while not record.is_file() and service.is_running():  # the moment: the record on disk (0.1 s: how often to look)
         time.sleep(0.1)
     service.kill()  # the machine stops: the run is open in MLflow, and nothing more of it recorded
     service.wait(timeout=60)

@@ -157,8 +157,9 @@ def test_sigterm_during_a_fine_tune_ends_it_as_ctrl_c_does(tmp_path):
     args = ["experiment=demo", "mode=finetune", "model.imgsz=32", "model.epochs=300", "model.patience=300"]
     process = start_train([*args, f"data_dir={tmp_path}/data", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
     last = run_dir / "finetune" / "weights" / "last.pt"
-    deadline = time.monotonic() + 300  # a bound on waiting for the first epoch, not a speed check
-    while process.poll() is None and time.monotonic() < deadline and not last.is_file():  # renamed into place
+    # The moment is the first checkpoint seen on disk; the sleep is only how often to look (a hang is bounded
+    # by pytest's own timeout, not by a clock here).
+    while process.poll() is None and not last.is_file():  # renamed into place
         time.sleep(0.2)
     assert process.poll() is None, "the fine-tune ended before its first checkpoint was seen"
     os.kill(process.pid, signal.SIGTERM)

@@ -32,8 +32,6 @@ class Source:
 class VideoFacts:
     frames: int
     fps: float
-    width: int
-    height: int
 
 
 def image_and_video_suffixes() -> tuple[set[str], set[str]]:
@@ -95,8 +93,6 @@ def video_facts(path: Path) -> VideoFacts:
         return VideoFacts(
             frames=int(capture.get(cv2.CAP_PROP_FRAME_COUNT)),
             fps=float(capture.get(cv2.CAP_PROP_FPS)) or 30.0,
-            width=frame.shape[1],
-            height=frame.shape[0],
         )
     finally:
         capture.release()
