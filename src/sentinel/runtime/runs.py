@@ -49,6 +49,18 @@ def write_text_atomic(path: Path, text: str) -> None:
     write_atomic(path, lambda tmp: tmp.write_text(text))
 
 
+def save_image_atomic(image: Any, path: Path) -> bool:
+    """An OpenCV image (BGR array) encoded by the suffix of `path` (JPEG, PNG, …) and written through a
+    temporary sibling; False, and nothing written, when OpenCV cannot encode it so."""
+    import cv2
+
+    ok, data = cv2.imencode(path.suffix or ".jpg", image)
+    if ok:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, lambda tmp: tmp.write_bytes(data.tobytes()))
+    return bool(ok)
+
+
 def save_figure_atomic(fig: Any, path: Path, dpi: int = 100) -> None:
     """`fig.savefig(path)` through a temporary sibling (format from the suffix); closes the figure."""
     import matplotlib.pyplot as plt

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from sentinel.runtime.runs import write_atomic
+from sentinel.runtime.runs import save_image_atomic
 
 
 @dataclass
@@ -130,14 +130,9 @@ class AlertWatch:
 
 def save_crop(image: Any, xyxy: tuple[float, float, float, float], path: Path, margin: float = 0.1) -> None:
     """The box with a margin of 10% of its size around it, as a JPEG written whole or not at all."""
-    import cv2
-
     height, width = image.shape[:2]
     x1, y1, x2, y2 = xyxy
     dx, dy = (x2 - x1) * margin, (y2 - y1) * margin
     left, top = max(0, int(x1 - dx)), max(0, int(y1 - dy))
     right, bottom = min(width, int(x2 + dx) + 1), min(height, int(y2 + dy) + 1)
-    ok, data = cv2.imencode(".jpg", image[top:bottom, left:right])
-    if ok:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, lambda tmp: tmp.write_bytes(data.tobytes()))
+    save_image_atomic(image[top:bottom, left:right], path)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from sentinel.errors import SentinelError
-from sentinel.runtime.runs import write_atomic, write_json_atomic, write_text_atomic
+from sentinel.runtime.runs import save_image_atomic, write_json_atomic, write_text_atomic
 from sentinel.stages.predict.alerts import Alert, Box
 
 STAGES = ("decode", "preprocess", "inference", "postprocess")
@@ -50,9 +50,7 @@ class Annotated:
 
         name = Path(source_path).name
         if not is_video:
-            ok, data = cv2.imencode(Path(name).suffix or ".jpg", plotted)
-            if ok:
-                write_atomic(self.folder / name, lambda tmp: tmp.write_bytes(data.tobytes()))
+            save_image_atomic(plotted, self.folder / name)
             return
         if source_path not in self.writers:
             final = self.folder / f"{Path(name).stem}.avi"
