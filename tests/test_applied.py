@@ -14,7 +14,7 @@ from hydra.core.global_hydra import GlobalHydra
 from builders import jpeg_bytes, make_source
 from conftest import CONF_DIR
 from sentinel.config.schema import register_configs
-from sentinel.config.validate import validate
+from sentinel.config.validate import typed_config, validate
 from sentinel.errors import ConfigError
 
 SPACE = yaml.safe_load((CONF_DIR / "search_space" / "default.yaml").read_text())
@@ -46,8 +46,8 @@ def trial_args(data_dir: Path, **overrides) -> dict:
     """A default-config trial's fixed arguments (tune.trial.trial_fixed_args) at small sizes."""
     from sentinel.stages.tune.trial import trial_fixed_args
 
-    cfg = composed(data_dir, "model=yolov8n_scratch", "model.imgsz=32", "model.batch=4", f"tune.epochs={TRIAL_EPOCHS}")
-    return {**trial_fixed_args(cfg), **overrides}
+    small = ("model=yolov8n_scratch", "model.imgsz=32", "model.batch=4", f"tune.epochs={TRIAL_EPOCHS}")
+    return {**trial_fixed_args(typed_config(composed(data_dir, *small))), **overrides}
 
 
 @pytest.fixture(scope="module")
@@ -105,9 +105,9 @@ def test_a_value_ultralytics_does_not_apply_is_a_difference_naming_the_key(datas
 
 
 def demo_search_with(tmp_path: Path, extra: str):
-    """The demo's search space and one more dimension, for 3-epoch trials at small sizes."""
+    """The demo's search space and one more dimension, for 3-epoch trials at small sizes, as a stage gets it."""
     small = ("model=yolov8n_scratch", "model.imgsz=32", "model.batch=4", "tune.epochs=3", "search_space=demo")
-    return composed(tmp_path, *small, extra)
+    return typed_config(composed(tmp_path, *small, extra))
 
 
 def test_a_search_drops_a_key_that_cannot_act_on_box_data_with_a_warning(dataset, tmp_path, caplog):

@@ -11,7 +11,7 @@ from hydra.errors import ConfigCompositionException, MissingConfigException
 
 from conftest import CONF_DIR, REPO, run_train
 from sentinel.config.schema import Mode
-from sentinel.config.validate import validate
+from sentinel.config.validate import typed_config, validate
 from sentinel.errors import ConfigError
 
 GROUPS = ["datasets", "augmentation", "search_space", "hardware", "model", "tracking", "experiment", "paths"]
@@ -248,8 +248,12 @@ def test_class_weights_reach_ultralytics_as_cls_pw_and_are_absent_when_off(compo
     """training.class_weights is Ultralytics' cls_pw; off, the arguments (and earlier runs' keys) are unchanged."""
     from sentinel.runtime.ultra import fixed_training_args
 
-    assert "cls_pw" not in fixed_training_args(compose_cfg())
-    assert fixed_training_args(compose_cfg("training.class_weights=0.5"))["cls_pw"] == 0.5
+    def fixed(*overrides: str) -> dict:
+        cfg = typed_config(compose_cfg(*overrides))
+        return fixed_training_args(cfg.augmentation, cfg.model, cfg.training, cfg.seed)
+
+    assert "cls_pw" not in fixed()
+    assert fixed("training.class_weights=0.5")["cls_pw"] == 0.5
 
 
 def test_two_runs_started_in_the_same_second_get_a_folder_each(tmp_path):
@@ -261,3 +265,19 @@ def test_two_runs_started_in_the_same_second_get_a_folder_each(tmp_path):
     assert all(Path(p).is_dir() for p in (base, f"{base}-2", f"{base}-3"))  # claimed by creating it
     config = (CONF_DIR / "config.yaml").read_text()
     assert "dir: ${sentinel.fresh_run_dir:${paths.runs}/${now:%Y-%m-%d}/${now:%H-%M-%S}}" in config
+
+
+def test_stages_get_the_schemas_dataclasses_and_every_cache_key_is_as_the_composed_configs(compose_cfg):
+    """The pipeline hands the stages typed_config(cfg): sources as their type's dataclass, enums as enums. What
+    a cache key or `tune.resume` hashes must not change with the form, or every earlier run would look new."""
+    from sentinel.config.schema import OnBadLabel, RoboflowSource, SentinelConfig
+    from sentinel.dataset.sources import source_folder
+    from sentinel.runtime.fingerprint import stable_hash
+
+    composed = compose_cfg("experiment=notebook", "datasets=[coco,guns,knife,parcel]")
+    typed = typed_config(composed)
+    assert isinstance(typed, SentinelConfig) and isinstance(typed.datasets["guns"], RoboflowSource)
+    assert typed.merge.on_bad_label is OnBadLabel.skip_line and isinstance(typed.search_space["lr0"], dict)
+    assert stable_hash(typed) == stable_hash(composed)
+    for name, source in typed.datasets.items():
+        assert source_folder(Path("/d"), name, source) == source_folder(Path("/d"), name, composed.datasets[name])

@@ -478,13 +478,14 @@ import sys, time
 from pathlib import Path
 from hydra import compose, initialize_config_dir
 from sentinel.config.schema import register_configs
+from sentinel.config.validate import typed_config
 from sentinel.runtime.tracking.client import start_tracking
 import mlflow.tracking  # imported before the wait, so the processes reach the store together
 
 conf, launch, run, go = sys.argv[1:]
 register_configs()
 with initialize_config_dir(config_dir=conf, version_base="1.3"):
-    cfg = compose(config_name="config", overrides=["tracking=mlflow"])
+    cfg = typed_config(compose(config_name="config", overrides=["tracking=mlflow"]))
 while not Path(go).exists():  # every process imports MLflow first, then all open the store together
     time.sleep(0.01)
 start_tracking(cfg, Path(run), Path(launch)).end("FINISHED")

@@ -16,7 +16,9 @@ from enum import Enum
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING
+
+from sentinel.config.plain import plain
 
 
 class Mode(str, Enum):
@@ -378,7 +380,7 @@ SOURCE_PINS = {
 }
 
 
-def source_pins(cfg: DictConfig) -> dict[str, Any]:
+def source_pins(cfg: SourceConfig) -> dict[str, Any]:
     """The version-pinning settings of one source config, as plain values."""
     keys = SOURCE_PINS.get(cfg.type, ())
-    return {k: OmegaConf.to_container(cfg[k]) if OmegaConf.is_config(cfg[k]) else cfg[k] for k in keys}
+    return {k: plain(getattr(cfg, k)) for k in keys}

@@ -9,13 +9,14 @@ import dataclasses
 import difflib
 import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from sentinel.config.schema import OPTIMIZERS, SOURCE_SCHEMAS, Mode, ParamSpace
+from sentinel.config.schema import OPTIMIZERS, SOURCE_SCHEMAS, Mode, ParamSpace, SentinelConfig
 from sentinel.errors import ConfigError
 
 DISTRIBUTIONS = ("uniform", "loguniform", "randint", "choice")
@@ -45,6 +46,20 @@ def validate(cfg: DictConfig) -> None:
     _check_optimizer(cfg.training.optimizer, cfg.search_space)
     _check_close_mosaic(cfg)
     _check_data_dir(cfg.data_dir)
+
+
+def typed_config(cfg: DictConfig) -> SentinelConfig:
+    """The checked config as the schema's dataclasses, every interpolation resolved: what the stages receive.
+
+    The pipeline calls this once, after `validate`; below it nothing reads an OmegaConf node (no struct
+    checks on each attribute, no lazy interpolation: the values a stage reads are the ones recorded in
+    config_resolved.yaml). `datasets` entries come back as their source's dataclass (RoboflowSource, …);
+    `search_space` stays a dict of dicts, read through `param_specs`.
+    """
+    typed = OmegaConf.to_object(cfg)
+    if not isinstance(typed, SentinelConfig):  # a config composed without conf/config.yaml's schema
+        raise TypeError(f"expected a config with the SentinelConfig schema, got {type(typed).__name__}")
+    return typed
 
 
 def check_known_keys(node: DictConfig, path: str = "") -> None:
@@ -315,14 +330,14 @@ def _check_data_dir(value: str) -> None:
         raise ConfigError("data_dir", f"{existing} is not writable", "choose a writable folder, e.g. data_dir=data")
 
 
-def param_specs(space: DictConfig) -> dict[str, ParamSpace]:
-    """search_space entries as ParamSpace objects (not DictConfigs: `values` is a DictConfig method)."""
+def param_specs(space: Mapping[str, Any]) -> dict[str, ParamSpace]:
+    """search_space entries (OmegaConf nodes or dicts) as ParamSpace objects (`values` is a DictConfig method)."""
     return {name: as_param_space(raw, f"search_space.{name}") for name, raw in space.items()}
 
 
 def as_param_space(raw: Any, key: str) -> ParamSpace:
     """Type-check one search-space entry against ParamSpace, naming the entry's full key on failure."""
-    if not isinstance(raw, DictConfig):
+    if not isinstance(raw, (DictConfig, dict)):
         raise ConfigError(key, f"expected {{dist: ..., low: ..., high: ...}}, got {raw!r}")
     try:
         return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ParamSpace), raw))

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from omegaconf import DictConfig
-
+from sentinel.config.schema import MergeConfig
 from sentinel.errors import ConfigError
 
 
@@ -36,7 +35,7 @@ class ClassMap:
         }
 
 
-def build_class_map(source_names: dict[str, list[str]], merge: DictConfig) -> ClassMap:
+def build_class_map(source_names: dict[str, list[str]], merge: MergeConfig) -> ClassMap:
     """Merge the sources' class lists by name, applying `merge.aliases`, `include`, `exclude`, `classes`."""
     given = {normalise(k): normalise(v) for k, v in merge.aliases.items()}
     aliases = resolve_aliases(given)

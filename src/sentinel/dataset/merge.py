@@ -29,8 +29,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from omegaconf import DictConfig, OmegaConf
 
+from sentinel.config.plain import plain
+from sentinel.config.schema import MergeConfig
 from sentinel.dataset.balance import balance_section
 from sentinel.dataset.classes import ClassMap, build_class_map
 from sentinel.dataset.file_records import FileRecords
@@ -84,7 +85,7 @@ class MergeResult:
     report: dict[str, Any] = field(default_factory=dict)
 
 
-def merge_sources(sources: list[SourceData], merge: DictConfig, data_dir: Path) -> MergeResult:
+def merge_sources(sources: list[SourceData], merge: MergeConfig, data_dir: Path) -> MergeResult:
     """Build (or find in cache) the merged dataset of `sources` under `data_dir/merged/`."""
     if getattr(multiprocessing.current_process(), "_inheriting", False):
         # A worker process of an earlier merge is importing an unguarded main script, which calls us again: it
@@ -94,7 +95,7 @@ def merge_sources(sources: list[SourceData], merge: DictConfig, data_dir: Path) 
         return _merge_sources(sources, merge, data_dir)
 
 
-def _merge_sources(sources: list[SourceData], merge: DictConfig, data_dir: Path) -> MergeResult:
+def _merge_sources(sources: list[SourceData], merge: MergeConfig, data_dir: Path) -> MergeResult:
     class_map = build_class_map({s.name: s.names for s in sources}, merge)
     plan = plan_items(sources)
     fingerprint = merge_fingerprint(sources, plan, merge)
@@ -122,9 +123,9 @@ def _merge_sources(sources: list[SourceData], merge: DictConfig, data_dir: Path)
 # --- planning -------------------------------------------------------------------------------------------
 
 
-def merge_fingerprint(sources: list[SourceData], plan: Plan, merge: DictConfig) -> str:
+def merge_fingerprint(sources: list[SourceData], plan: Plan, merge: MergeConfig) -> str:
     """Hash of everything the output depends on: merge settings, class lists, every input file's stat."""
-    settings = {k: OmegaConf.to_container(merge, resolve=True)[k] for k in FINGERPRINT_KEYS}
+    settings = {k: plain(merge)[k] for k in FINGERPRINT_KEYS}
     files = hashlib.blake2b(digest_size=16)
     for i in plan.items:
         files.update(f"{i.source}\0{i.split}\0{i.image}\0{i.image_stat}\0{i.label_stat}\n".encode())
@@ -142,7 +143,7 @@ def merge_fingerprint(sources: list[SourceData], plan: Plan, merge: DictConfig) 
 
 
 def build_merged(
-    plan: Plan, class_map: ClassMap, merge: DictConfig, out: Path, final: Path, records: FileRecords
+    plan: Plan, class_map: ClassMap, merge: MergeConfig, out: Path, final: Path, records: FileRecords
 ) -> dict[str, Any]:
     """Check and write every input into `out` (renamed to `final` later) in one parallel pass; drop leaks after.
 
@@ -242,7 +243,7 @@ def _report(
     leaks: list[Kept],
     link_counts: Counter[str],
     copied_bytes: int,
-    merge: DictConfig,
+    merge: MergeConfig,
     final: Path,
 ) -> dict[str, Any]:
     def nest(counter: Counter[tuple[str, ...]]) -> dict[str, Any]:

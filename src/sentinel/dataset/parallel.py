@@ -19,8 +19,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
-
+from sentinel.config.plain import plain
+from sentinel.config.schema import MergeConfig
 from sentinel.dataset.classes import ClassMap
 from sentinel.dataset.file_records import FileRecords, Learnt, file_key
 from sentinel.dataset.items import Item, Kept
@@ -64,7 +64,7 @@ def cyclic_gc_paused() -> Iterator[None]:
 def process_all(
     items: list[Item],
     class_map: ClassMap,
-    merge: DictConfig,
+    merge: MergeConfig,
     folders: BuildFolders,
     tally: Tally,
     records: FileRecords,
@@ -76,12 +76,13 @@ def process_all(
     costs about a second, so small builds stay in threads. Worker processes come from a forkserver (a fork
     of a process with threads can copy a lock another thread holds), which, as Python's spawn does, imports
     the main script again: a script calling Sentinel must keep its work under `if __name__ == "__main__":`.
-    The workers read the merge options from a plain namespace: an OmegaConf attribute access validates its
-    key each time (a tenth of a rebuild at 20k).
+    The workers read the merge options from a plain namespace, whatever form they came in: an OmegaConf
+    node (as tests and library callers may pass) validates its key on each attribute access (a tenth of a
+    rebuild at 20k).
     """
     from tqdm import tqdm
 
-    options = SimpleNamespace(**OmegaConf.to_container(merge, resolve=True))
+    options = SimpleNamespace(**plain(merge))
     batches = [items[i : i + BATCH] for i in range(0, len(items), BATCH)]
     kept: list[Kept] = []
     to_read = sum(1 for item in items if file_key(item.image_stat) not in records.images)

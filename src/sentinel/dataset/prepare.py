@@ -12,9 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from omegaconf import DictConfig
 
-from sentinel.config.schema import source_pins
+from sentinel.config.schema import MergeConfig, SentinelConfig, SourceConfig, source_pins
 from sentinel.dataset.merge import MergeResult, merge_sources
 from sentinel.dataset.report import draw_samples_from_dataset
 from sentinel.dataset.sources import fetch_source
@@ -34,30 +33,31 @@ class PrepResult:
     cache_hit: bool
 
 
-def data_dir_of(cfg: DictConfig) -> Path:
+def data_dir_of(cfg: SentinelConfig) -> Path:
     """`data_dir` as an absolute path (relative to the launch directory; Hydra does not chdir)."""
     return Path(cfg.data_dir).expanduser().resolve()
 
 
 class RunDataset:
-    """The merged dataset of one run, for cfg.datasets/cfg.merge: built, or found in the cache, when a stage
+    """The merged dataset of one run's `datasets` and `merge` settings: built, or found in the cache, when a stage
     first asks (a config error found before that costs no build), then the same for every later stage.
 
     The pipeline makes one per run and hands it to the stages that need data; nothing is kept at module level,
     so two configs can run in one process.
     """
 
-    def __init__(self, cfg: DictConfig, tracker: Tracker) -> None:
-        self.cfg = cfg
+    def __init__(self, datasets: dict[str, SourceConfig], merge: MergeConfig, data_dir: Path, tracker: Tracker) -> None:
+        self.datasets = datasets
+        self.merge = merge
+        self.data_dir = data_dir
         self.tracker = tracker
         self._merged: MergeResult | None = None
         self._sources: list[SourceData] = []
 
     def merged(self) -> MergeResult:
         if self._merged is None:
-            data_dir = data_dir_of(self.cfg)
-            self._sources = [fetch_source(n, source_cfg, data_dir) for n, source_cfg in self.cfg.datasets.items()]
-            self._merged = merge_sources(self._sources, self.cfg.merge, data_dir)
+            self._sources = [fetch_source(n, source, self.data_dir) for n, source in self.datasets.items()]
+            self._merged = merge_sources(self._sources, self.merge, self.data_dir)
             self.tracker.set_tags({"sentinel.dataset": self._merged.fingerprint})
         return self._merged
 
@@ -66,8 +66,8 @@ class RunDataset:
         self.merged()
         return {
             source.name: {
-                "type": self.cfg.datasets[source.name].type,
-                "version": source_pins(self.cfg.datasets[source.name]),
+                "type": self.datasets[source.name].type,
+                "version": source_pins(self.datasets[source.name]),
                 "folder": str(source.yaml_path.parent),
                 "licence": licence_of(source.yaml_path),
             }
@@ -85,14 +85,14 @@ def licence_of(data_yaml: Path) -> str:
     return str(data.get("license") or data.get("licence") or nested.get("license") or "")
 
 
-def prep(cfg: DictConfig, run_dir: Path, dataset: RunDataset) -> PrepResult:
+def prep(merge: MergeConfig, run_dir: Path, dataset: RunDataset) -> PrepResult:
     """Build the merged dataset and put its report in the run folder."""
     merged = dataset.merged()
     claim_run_folder(run_dir, "prep", merged.fingerprint)  # before its report replaces another dataset's
     copy_report(merged.folder / "report", run_dir)
-    if cfg.merge.samples_grid > 0 and not (run_dir / "samples.png").is_file():
+    if merge.samples_grid > 0 and not (run_dir / "samples.png").is_file():
         # The cached build may have been made with samples_grid=0: draw the grid from the merged dataset.
-        draw_samples_from_dataset(merged.folder, cfg.merge.samples_grid, run_dir / "samples.png")
+        draw_samples_from_dataset(merged.folder, merge.samples_grid, run_dir / "samples.png")
     result = PrepResult(merged.dataset_yaml, merged.folder, merged.fingerprint, merged.cache_hit)
     fields = {k: str(v) if isinstance(v, Path) else v for k, v in result.__dict__.items()}
     write_json_atomic(run_dir / "prep_result.json", {**fields, "key": merged.fingerprint})

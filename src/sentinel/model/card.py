@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from sentinel.config.schema import SentinelConfig
 from sentinel.dataset.prepare import RunDataset
 from sentinel.runtime.applied import APPLIED_FILE, read_applied_file
 from sentinel.runtime.runs import copy_file_atomic, write_json_atomic, write_text_atomic
@@ -56,9 +57,11 @@ def known_limits(report: dict[str, Any], boxes: dict[str, dict[str, int]]) -> di
     }
 
 
-def build_card(dataset: RunDataset, weights: Path, training: dict[str, Any], metrics: dict[str, Any] | None) -> dict:
+def build_card(
+    cfg: SentinelConfig, dataset: RunDataset, weights: Path, training: dict[str, Any], metrics: dict[str, Any] | None
+) -> dict:
     """The card as data; `training` is finetune_args.yaml, `metrics` metrics.json (None before evaluation)."""
-    cfg, merged = dataset.cfg, dataset.merged()
+    merged = dataset.merged()
     report, sources = merged.report, dataset.lineage()
     boxes = boxes_per_split(report)
     tune_run = str(Path(training["hparams_from"]).parent) if training.get("hparams_from") else ""
@@ -73,7 +76,9 @@ def build_card(dataset: RunDataset, weights: Path, training: dict[str, Any], met
             "imgsz": cfg.model.imgsz,
             "seed": cfg.seed,
             "device": training.get("device"),
-            "hardware": {k: cfg.hardware[k] for k in ("device", "cpu_per_trial", "gpu_per_trial", "ray_address")},
+            "hardware": {
+                k: getattr(cfg.hardware, k) for k in ("device", "cpu_per_trial", "gpu_per_trial", "ray_address")
+            },
             "values_from_tune_run": tune_run,
             "args": training.get("applied") or training.get("args", {}),  # applied, as read back from Ultralytics
         },
@@ -151,10 +156,15 @@ def _scores_section(scores: dict[str, Any] | None) -> list[str]:
 
 
 def write_model_card(
-    dataset: RunDataset, folder: Path, weights: Path, training: dict[str, Any], metrics: dict[str, Any] | None = None
+    cfg: SentinelConfig,
+    dataset: RunDataset,
+    folder: Path,
+    weights: Path,
+    training: dict[str, Any],
+    metrics: dict[str, Any] | None = None,
 ) -> None:
     """model_card.json and .md in `folder` (atomically, like every result file)."""
-    card = build_card(dataset, weights, training, metrics)
+    card = build_card(cfg, dataset, weights, training, metrics)
     write_json_atomic(folder / f"{CARD}.json", card)
     write_text_atomic(folder / f"{CARD}.md", card_markdown(card))
 

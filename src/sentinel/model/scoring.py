@@ -7,21 +7,23 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from omegaconf import DictConfig
 
+from sentinel.config.schema import HardwareConfig, ModelConfig
 from sentinel.errors import ConfigError
 from sentinel.runtime.ultra import ultralytics_device
 
 
-def val_args(cfg: DictConfig, dataset_yaml: Path, split: str, save_dir: Path, plots: bool) -> dict[str, Any]:
-    """Ultralytics' val() arguments for this config: mode=inspect validates exactly as mode=evaluate does."""
+def val_args(
+    model: ModelConfig, hardware: HardwareConfig, dataset_yaml: Path, split: str, save_dir: Path, plots: bool
+) -> dict[str, Any]:
+    """Ultralytics' val() arguments: mode=inspect validates exactly as mode=evaluate does."""
     return {
         "data": str(dataset_yaml),
         "split": split,
-        "imgsz": cfg.model.imgsz,
-        "batch": cfg.model.batch,
-        "device": ultralytics_device(cfg.hardware.device),
-        "workers": cfg.hardware.workers,
+        "imgsz": model.imgsz,
+        "batch": model.batch,
+        "device": ultralytics_device(hardware.device),
+        "workers": hardware.workers,
         "project": str(save_dir.parent),
         "name": save_dir.name,
         "exist_ok": True,

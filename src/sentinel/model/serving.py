@@ -55,8 +55,9 @@ def save_pyfunc_model(weights: Path, card_json: Path, target: Path) -> Path:
 
     with target_lock(target), atomic_build(target) as staging, warnings.catch_warnings():
         # MLflow asks for an input example; the signature says what the model takes, and an example image
-        # would be one more copy of data in every version.
-        warnings.filterwarnings("ignore", message="An input example was not provided")
+        # would be one more copy of data in every version. The message starts with a terminal colour code, and
+        # `message` matches from its start.
+        warnings.filterwarnings("ignore", message=r".*An input example was not provided")
         mlflow.pyfunc.save_model(  # into a subfolder: MLflow refuses a path that exists
             path=str(staging / "mlflow"),
             python_model=str(CODE),

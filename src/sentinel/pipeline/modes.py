@@ -1,6 +1,9 @@
 """Dispatch on `mode`: one plain function per stage, each taking the config, the run folder and what the
 run shares — its dataset (built on first use) and its tracker. The only module that knows every stage.
 
+The config arrives as Hydra composed it (a DictConfig) and is checked and recorded as such; the stages get it
+once as the schema's dataclasses (sentinel.config.validate.typed_config), and hand on only the parts below them.
+
 Stage modules are imported inside the functions that need them, so composing a config stays fast.
 mode=all runs every stage in one run folder and skips a stage whose result already exists for the same
 inputs (sentinel.runtime.runs keeps that index), so a rerun after a crash continues where it stopped.
@@ -15,10 +18,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from sentinel.config.schema import Mode
-from sentinel.config.validate import validate
+from sentinel.config.schema import Mode, SentinelConfig
+from sentinel.config.validate import typed_config, validate
 from sentinel.dataset.merge import PrepFailed
-from sentinel.dataset.prepare import RunDataset
+from sentinel.dataset.prepare import RunDataset, data_dir_of
 from sentinel.errors import Interrupted
 from sentinel.runtime.redaction import redact
 from sentinel.runtime.runs import (
@@ -40,61 +43,61 @@ from sentinel.runtime.tracking.store import STORE_FILE, local_store_dir
 log = logging.getLogger(__name__)
 
 
-def run_prep(cfg: DictConfig, run_dir: Path, dataset: RunDataset, tracker: Tracker) -> Any:
+def run_prep(cfg: SentinelConfig, run_dir: Path, dataset: RunDataset, tracker: Tracker) -> Any:
     from sentinel.dataset.prepare import prep
 
-    return prep(cfg, run_dir, dataset)
+    return prep(cfg.merge, run_dir, dataset)
 
 
-def run_tune(cfg: DictConfig, run_dir: Path, dataset: RunDataset, tracker: Tracker) -> Any:
+def run_tune(cfg: SentinelConfig, run_dir: Path, dataset: RunDataset, tracker: Tracker) -> Any:
     from sentinel.stages.tune.search import tune
 
     return tune(cfg, run_dir, dataset, tracker)
 
 
-def run_finetune(cfg: DictConfig, run_dir: Path, dataset: RunDataset, tracker: Tracker) -> Any:
+def run_finetune(cfg: SentinelConfig, run_dir: Path, dataset: RunDataset, tracker: Tracker) -> Any:
     from sentinel.stages.finetune import finetune
 
     return finetune(cfg, run_dir, dataset, tracker)
 
 
-def run_export(cfg: DictConfig, run_dir: Path, dataset: RunDataset, tracker: Tracker) -> Any:
+def run_export(cfg: SentinelConfig, run_dir: Path, dataset: RunDataset, tracker: Tracker) -> Any:
     from sentinel.stages.export import export
 
     return export(cfg, run_dir, dataset)
 
 
-def run_evaluate(cfg: DictConfig, run_dir: Path, dataset: RunDataset, tracker: Tracker) -> Any:
+def run_evaluate(cfg: SentinelConfig, run_dir: Path, dataset: RunDataset, tracker: Tracker) -> Any:
     from sentinel.stages.evaluate import evaluate
 
     return evaluate(cfg, run_dir, dataset, tracker)
 
 
-def run_inspect(cfg: DictConfig, run_dir: Path, dataset: RunDataset, tracker: Tracker) -> Any:
+def run_inspect(cfg: SentinelConfig, run_dir: Path, dataset: RunDataset, tracker: Tracker) -> Any:
     from sentinel.stages.inspection import inspect
 
     return inspect(cfg, run_dir, dataset, tracker)
 
 
-def run_doctor(cfg: DictConfig, run_dir: Path, dataset: RunDataset, tracker: Tracker) -> Any:
+def run_doctor(cfg: SentinelConfig, run_dir: Path, dataset: RunDataset, tracker: Tracker) -> Any:
     from sentinel.stages.doctor import doctor
 
     return doctor(cfg, run_dir)
 
 
-def run_compare(cfg: DictConfig, run_dir: Path, dataset: RunDataset, tracker: Tracker) -> Any:
+def run_compare(cfg: SentinelConfig, run_dir: Path, dataset: RunDataset, tracker: Tracker) -> Any:
     from sentinel.stages.compare import compare
 
     return compare(cfg, run_dir, launch_dir())
 
 
-def run_predict(cfg: DictConfig, run_dir: Path, dataset: RunDataset, tracker: Tracker) -> Any:
+def run_predict(cfg: SentinelConfig, run_dir: Path, dataset: RunDataset, tracker: Tracker) -> Any:
     from sentinel.stages.predict.run import predict
 
     return predict(cfg, run_dir, dataset, tracker, launch_dir())
 
 
-STAGES: dict[Mode, Callable[[DictConfig, Path, RunDataset, Tracker], Any]] = {
+STAGES: dict[Mode, Callable[[SentinelConfig, Path, RunDataset, Tracker], Any]] = {
     Mode.doctor: run_doctor,
     Mode.prep: run_prep,
     Mode.tune: run_tune,
@@ -107,7 +110,7 @@ STAGES: dict[Mode, Callable[[DictConfig, Path, RunDataset, Tracker], Any]] = {
 }
 
 
-def run_all(cfg: DictConfig, run_dir: Path, dataset: RunDataset, tracker: Tracker) -> dict[str, Any]:
+def run_all(cfg: SentinelConfig, run_dir: Path, dataset: RunDataset, tracker: Tracker) -> dict[str, Any]:
     """prep → tune → finetune (with this run's best values) → export → evaluate, skipping finished stages."""
     from sentinel.model.card import copy_model_card, read_training, write_model_card
     from sentinel.stages.evaluate import evaluate
@@ -122,7 +125,7 @@ def run_all(cfg: DictConfig, run_dir: Path, dataset: RunDataset, tracker: Tracke
     results["export"] = export(cfg, run_dir, dataset, weights=weights, skip_if_done=True)
     results["evaluate"] = evaluate(cfg, run_dir, dataset, tracker, weights=weights, skip_if_done=True)
     card = read_training(results["finetune"].args_file) if results["finetune"].args_file else {}
-    write_model_card(dataset, weights.parent, weights, card, results["evaluate"].metrics)  # now with its scores
+    write_model_card(cfg, dataset, weights.parent, weights, card, results["evaluate"].metrics)  # now with its scores
     copy_model_card(weights.parent, run_dir / "export")
     return results
 
@@ -137,18 +140,19 @@ def run_mode(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         return run_in_folder(cfg, run_dir)
 
 
-def run_in_folder(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+def run_in_folder(composed: DictConfig, run_dir: Path) -> dict[str, Any]:
     # A rerun in a folder whose run finished (same settings: refuse_other_settings) may only add to it: if it
     # fails, the folder still says what the finished run did.
     kept = run_finished(run_dir)
-    write_text_atomic(run_dir / "config_resolved.yaml", redact(OmegaConf.to_yaml(cfg, resolve=True)))
+    write_text_atomic(run_dir / "config_resolved.yaml", redact(OmegaConf.to_yaml(composed, resolve=True)))
+    cfg = typed_config(composed)
     mode = Mode(cfg.mode)
     log.info("mode=%s, run folder %s", mode.value, run_dir)
     tracker = open_tracking(cfg, run_dir, mode, RERUN_RECORD if kept else RUN_RECORD)
     if not kept:
         write_run_status(run_dir, mode.value, "RUNNING")
     try:
-        dataset = RunDataset(cfg, tracker)
+        dataset = RunDataset(cfg.datasets, cfg.merge, data_dir_of(cfg), tracker)
         stage = run_all if mode is Mode.all else STAGES[mode]
         results = stage(cfg, run_dir, dataset, tracker)
         results = results if mode is Mode.all else {mode.value: results}
@@ -184,7 +188,7 @@ def run_in_folder(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 UNTRACKED_MODES = (Mode.doctor, Mode.compare)
 
 
-def open_tracking(cfg: DictConfig, run_dir: Path, mode: Mode, record: str) -> Tracker:
+def open_tracking(cfg: SentinelConfig, run_dir: Path, mode: Mode, record: str) -> Tracker:
     """This run's tracker (none for UNTRACKED_MODES: mode=doctor checks the tracking server itself). An
     unreachable server fails here, before any work."""
     if mode in UNTRACKED_MODES:
@@ -209,7 +213,7 @@ def launch_dir() -> Path:
 
 
 def record_results(
-    cfg: DictConfig, tracker: Tracker, run_dir: Path, results: dict[str, Any], dataset: RunDataset
+    cfg: SentinelConfig, tracker: Tracker, run_dir: Path, results: dict[str, Any], dataset: RunDataset
 ) -> None:
     """The run folder as artefacts, the test table as the run's description (what MLflow's run page shows
     first), and fine-tuned weights as a new registered model version, described by its model card."""
@@ -252,7 +256,7 @@ def build_pyfunc_model(weights: Path, run_dir: Path) -> bool:
     return True
 
 
-def tracking_hint(cfg: DictConfig) -> str:
+def tracking_hint(cfg: SentinelConfig) -> str:
     if cfg.tracking.uri.strip():
         return f"open {cfg.tracking.uri}"
     store = local_store_dir(launch_dir(), cfg.paths.tracking) / STORE_FILE

@@ -6,12 +6,10 @@ import hashlib
 import json
 from typing import Any
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from sentinel.config.plain import plain
 
 
 def stable_hash(value: Any, length: int = 16) -> str:
-    """Hash JSON-able data (OmegaConf nodes included) independently of dict order."""
-    if isinstance(value, (DictConfig, ListConfig)):
-        value = OmegaConf.to_container(value, resolve=True)
-    text = json.dumps(value, sort_keys=True, default=str, separators=(",", ":"))
+    """Hash JSON-able data (settings dataclasses and OmegaConf nodes included) independently of dict order."""
+    text = json.dumps(plain(value), sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()[:length]

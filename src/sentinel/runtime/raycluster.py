@@ -21,8 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
-
+from sentinel.config.schema import HardwareConfig
 from sentinel.errors import ConfigError, SentinelError
 from sentinel.runtime.signals import take_back_sigterm
 
@@ -95,7 +94,7 @@ def identify_non_grpc_service(connection: socket.socket, timeout_s: float) -> st
     return f"it answered {reply[:40]!r}" if reply else "it closed the connection without an HTTP/2 answer"
 
 
-def check_trial_resources(hw: DictConfig) -> None:
+def check_trial_resources(hw: HardwareConfig) -> None:
     """Before the first trial: a trial must fit on one alive node, or Ray keeps it PENDING forever."""
     import ray
 
@@ -289,7 +288,7 @@ def node_problem(dataset_yaml: str, run_dir: str) -> str:
     return _cannot_write(run_dir)
 
 
-def connect_ray(hw: DictConfig) -> bool:
+def connect_ray(hw: HardwareConfig) -> bool:
     """Start or join Ray; returns True when we started it (and so must shut it down)."""
     import ray
 

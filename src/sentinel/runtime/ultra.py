@@ -11,7 +11,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from sentinel.config.plain import plain
+from sentinel.config.schema import AugmentationConfig, ModelConfig, TrainingConfig
 
 FONTS = ("Arial.ttf", "Arial.Unicode.ttf")
 
@@ -88,13 +89,15 @@ def route_ultralytics_log() -> None:
     ultralytics_utils.VERBOSE = False
 
 
-def fixed_training_args(cfg: DictConfig) -> dict[str, Any]:
+def fixed_training_args(
+    augmentation: AugmentationConfig, model: ModelConfig, training: TrainingConfig, seed: int
+) -> dict[str, Any]:
     """The training arguments every training shares: augmentation and model values (tuning overrides them)."""
-    args = OmegaConf.to_container(cfg.augmentation, resolve=True)
-    args.update(imgsz=cfg.model.imgsz, batch=cfg.model.batch, patience=cfg.model.patience, seed=cfg.seed)
-    args["optimizer"] = cfg.training.optimizer  # never Ultralytics' default, auto (sentinel.runtime.applied)
-    if cfg.training.class_weights:  # only when set, so that earlier runs' keys (and reuse) stay as they were
-        args["cls_pw"] = cfg.training.class_weights
+    args = plain(augmentation)
+    args.update(imgsz=model.imgsz, batch=model.batch, patience=model.patience, seed=seed)
+    args["optimizer"] = training.optimizer  # never Ultralytics' default, auto (sentinel.runtime.applied)
+    if training.class_weights:  # only when set, so that earlier runs' keys (and reuse) stay as they were
+        args["cls_pw"] = training.class_weights
     return args
 
 

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-from omegaconf import DictConfig
 
+from sentinel.config.schema import SentinelConfig
 from sentinel.errors import ConfigError, SentinelError
 from sentinel.runtime.redaction import redact
 from sentinel.runtime.runs import read_json, run_finished, save_figure_atomic, write_text_atomic
@@ -55,7 +55,7 @@ class CompareResult:
     report: Path
 
 
-def compare(cfg: DictConfig, run_dir: Path, launch_dir: Path) -> CompareResult:
+def compare(cfg: SentinelConfig, run_dir: Path, launch_dir: Path) -> CompareResult:
     check_sweep(cfg.compare.sweep)
     if cfg.tracking.backend == "mlflow":
         runs, where = runs_from_store(cfg, launch_dir)
@@ -106,7 +106,7 @@ def quoted(value: str) -> str:
     return f'"{value}"' if "'" in value else f"'{value}'"
 
 
-def runs_from_store(cfg: DictConfig, launch_dir: Path) -> tuple[list[ComparedRun], str]:
+def runs_from_store(cfg: SentinelConfig, launch_dir: Path) -> tuple[list[ComparedRun], str]:
     """Finished top-level runs (no trial runs, no compare runs), newest first, and where they were looked for.
 
     `compare.experiment` names one MLflow experiment; empty reads every experiment in the store, since each
@@ -161,7 +161,7 @@ def runs_from_store(cfg: DictConfig, launch_dir: Path) -> tuple[list[ComparedRun
     return runs, where
 
 
-def runs_from_folders(cfg: DictConfig, launch_dir: Path) -> tuple[list[ComparedRun], str]:
+def runs_from_folders(cfg: SentinelConfig, launch_dir: Path) -> tuple[list[ComparedRun], str]:
     """Run folders (those with config_resolved.yaml) under paths.runs and paths.sweeps (outputs/ and multirun/),
     or the sweep folder."""
     sweep = cfg.compare.sweep.strip()

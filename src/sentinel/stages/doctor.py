@@ -12,8 +12,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from omegaconf import DictConfig
-
+from sentinel.config.schema import HardwareConfig, SentinelConfig, TrackingConfig
 from sentinel.dataset.prepare import data_dir_of
 from sentinel.errors import ConfigError, SentinelError
 from sentinel.runtime.raycluster import NodeReport
@@ -55,7 +54,7 @@ class DoctorResult:
     problems: list[Check]
 
 
-def doctor(cfg: DictConfig, run_dir: Path) -> DoctorResult:
+def doctor(cfg: SentinelConfig, run_dir: Path) -> DoctorResult:
     types = {source.type for source in cfg.datasets.values()}
     checks = [
         Check("python", True, f"{platform.python_version()} ({platform.python_implementation()})"),
@@ -115,7 +114,7 @@ def torch_check(device: str) -> Check:
     return Check("torch / CUDA", True, f"torch {torch.__version__}; {count} CUDA device(s): {names}")
 
 
-def mongodb_check(cfg: DictConfig, needed: bool) -> Check:
+def mongodb_check(cfg: SentinelConfig, needed: bool) -> Check:
     uris = sorted({s.database_uri for s in cfg.datasets.values() if s.type == "coco" and s.database_uri})
     if uris:
         from sentinel.runtime.fiftyone_db import check_mongodb
@@ -181,7 +180,7 @@ def answers(url: str, timeout_s: float = 3.0) -> bool:
         return False
 
 
-def tracking_check(tracking: DictConfig, store_dir: str) -> Check:
+def tracking_check(tracking: TrackingConfig, store_dir: str) -> Check:
     """Every run logs to the tracking store: a server that does not answer stops every mode at start-up."""
     from sentinel.runtime.tracking.store import STORE_FILE, check_reachable
 
@@ -197,7 +196,7 @@ def tracking_check(tracking: DictConfig, store_dir: str) -> Check:
     return Check("tracking", True, f"MLflow server at {tracking.uri} answers")
 
 
-def ray_check(hw: DictConfig, needed: bool = True) -> Check:
+def ray_check(hw: HardwareConfig, needed: bool = True) -> Check:
     """Tuning and Ray sweeps need it; a configured ray_address means the user means to use that cluster."""
     from sentinel.runtime.raycluster import check_ray_address
 
@@ -233,7 +232,7 @@ def ray_check(hw: DictConfig, needed: bool = True) -> Check:
     return Check("Ray", True, f"local Ray with {cpus} CPUs: {per_round} trial(s) at once", needed=needed)
 
 
-def cluster_node_checks(hw: DictConfig, data_dir: Path, run_dir: Path) -> list[Check]:
+def cluster_node_checks(hw: HardwareConfig, data_dir: Path, run_dir: Path) -> list[Check]:
     """On a cluster, one row per alive node: its CPUs and GPUs, whether it has this machine's merged datasets
     (a copy is not needed with dataset_sync) and whether it can write the run folder (Ray Tune's storage)."""
     from sentinel.runtime.raycluster import check_ray_address, connect_ray, node_reports

@@ -11,8 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
-
+from sentinel.config.schema import SentinelConfig
 from sentinel.dataset.prepare import RunDataset, data_dir_of
 from sentinel.dataset.sources.yolo_dir import class_names_of
 from sentinel.model.scoring import choose_split, tracked_metrics, val_args
@@ -45,7 +44,7 @@ class EvaluateResult:
 
 
 def evaluate(
-    cfg: DictConfig,
+    cfg: SentinelConfig,
     run_dir: Path,
     dataset: RunDataset,
     tracker: Tracker,
@@ -70,7 +69,9 @@ def evaluate(
     claim_run_folder(run_dir, "evaluate", key)
 
     provide_offline_font()
-    results = load_yolo(weights).val(**val_args(cfg, merged.dataset_yaml, split, run_dir / "evaluate", plots=True))
+    results = load_yolo(weights).val(
+        **val_args(cfg.model, cfg.hardware, merged.dataset_yaml, split, run_dir / "evaluate", plots=True)
+    )
     metrics = metrics_table(results, split, note, str(weights))
     if cfg.evaluate.compare_to:
         add_comparison(metrics, cfg.evaluate.compare_to, data_dir, merged.fingerprint)

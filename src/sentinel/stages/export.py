@@ -9,8 +9,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from omegaconf import DictConfig
-
+from sentinel.config.schema import SentinelConfig
 from sentinel.dataset.prepare import RunDataset, data_dir_of
 from sentinel.dataset.sources.yolo_dir import class_names_of
 from sentinel.errors import ConfigError, SentinelError
@@ -53,7 +52,7 @@ def check_formats(formats: list[str]) -> None:
 
 
 def export(
-    cfg: DictConfig, run_dir: Path, dataset: RunDataset, weights: Path | None = None, skip_if_done: bool = False
+    cfg: SentinelConfig, run_dir: Path, dataset: RunDataset, weights: Path | None = None, skip_if_done: bool = False
 ) -> ExportResult:
     formats = list(cfg.export.formats)
     check_formats(formats)

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from omegaconf import DictConfig
 
+from sentinel.config.schema import SentinelConfig
 from sentinel.config.validate import REPLACED_BY_AUTO
 from sentinel.dataset.prepare import RunDataset, data_dir_of
 from sentinel.errors import ConfigError, SentinelError
@@ -66,7 +66,7 @@ class FinetuneResult:
     args_file: Path | None = None  # finetune_args.yaml of the run that trained the weights
 
 
-def choose_hparams(cfg: DictConfig, dataset: str, from_run: Path | None = None) -> tuple[dict[str, Any], str]:
+def choose_hparams(cfg: SentinelConfig, dataset: str, from_run: Path | None = None) -> tuple[dict[str, Any], str]:
     """Tuned values to use and where they came from: this run's tune (mode=all), finetune.hparams_from, or none."""
     if from_run is not None:
         path = from_run / "best_hparams.yaml"
@@ -92,9 +92,9 @@ def read_hparams(path: Path) -> dict[str, Any]:
     return data
 
 
-def training_args(cfg: DictConfig, hparams: dict[str, Any]) -> dict[str, Any]:
+def training_args(cfg: SentinelConfig, hparams: dict[str, Any]) -> dict[str, Any]:
     """Ultralytics training arguments: augmentation and model values, overridden by the tuned ones."""
-    return {**fixed_training_args(cfg), **hparams}
+    return {**fixed_training_args(cfg.augmentation, cfg.model, cfg.training, cfg.seed), **hparams}
 
 
 def check_auto_optimizer(args: dict[str, Any], source: str) -> None:
@@ -110,7 +110,7 @@ def check_auto_optimizer(args: dict[str, Any], source: str) -> None:
         )
 
 
-def finetune_key(cfg: DictConfig, dataset: str, args: dict[str, Any]) -> str:
+def finetune_key(cfg: SentinelConfig, dataset: str, args: dict[str, Any]) -> str:
     return stable_hash(
         {
             "dataset": dataset,
@@ -123,7 +123,7 @@ def finetune_key(cfg: DictConfig, dataset: str, args: dict[str, Any]) -> str:
 
 
 def finetune(
-    cfg: DictConfig,
+    cfg: SentinelConfig,
     run_dir: Path,
     dataset: RunDataset,
     tracker: Tracker,
@@ -174,7 +174,7 @@ def finetune(
     applied = read_applied_file(run_dir / APPLIED_FILE)
     tracker.log_params({f"applied.{key}": value for key, value in applied.items()})
     copy_file_atomic(best, target)
-    write_model_card(dataset, target.parent, target, read_training(run_dir / ARGS_FILE))
+    write_model_card(cfg, dataset, target.parent, target, read_training(run_dir / ARGS_FILE))
     write_state(run_dir, "finetune", key, "done", data_dir)
     if resume_from is not None:
         write_state(resume_from, "finetune", key, "done", data_dir, continued_in=str(run_dir))
@@ -192,7 +192,12 @@ def finetune(
 
 
 def train(
-    cfg: DictConfig, data_yaml: Path, args: dict[str, Any], run_dir: Path, resume_from: Path | None, tracker: Tracker
+    cfg: SentinelConfig,
+    data_yaml: Path,
+    args: dict[str, Any],
+    run_dir: Path,
+    resume_from: Path | None,
+    tracker: Tracker,
 ) -> Path:
     """Run Ultralytics training (or resume it) and return the best weights it saved."""
     provide_offline_font()

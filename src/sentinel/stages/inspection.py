@@ -29,8 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
-
+from sentinel.config.schema import InspectConfig, SentinelConfig
 from sentinel.dataset.prepare import RunDataset, data_dir_of
 from sentinel.dataset.report import LABEL_PX, draw_label, tile_sheet
 from sentinel.dataset.sources.yolo_dir import class_names_of
@@ -69,7 +68,7 @@ class ValPass:
     recall: dict[str, float]
 
 
-def inspect(cfg: DictConfig, run_dir: Path, dataset: RunDataset, tracker: Tracker) -> dict[str, Any]:
+def inspect(cfg: SentinelConfig, run_dir: Path, dataset: RunDataset, tracker: Tracker) -> dict[str, Any]:
     check_device(cfg.hardware.device)
     merged = dataset.merged()
     names = class_names_of(merged.dataset_yaml)
@@ -125,13 +124,13 @@ def dataset_name(run_dir: Path) -> str:
 # --- predictions, as mode=evaluate makes them -------------------------------------------------------------
 
 
-def validate_and_record(cfg: DictConfig, weights: Path, dataset_yaml: Path, split: str, run_dir: Path) -> ValPass:
+def validate_and_record(cfg: SentinelConfig, weights: Path, dataset_yaml: Path, split: str, run_dir: Path) -> ValPass:
     """Run Ultralytics' validator as mode=evaluate does, keeping every image's predictions on the way."""
     from ultralytics.utils.metrics import smooth
 
     seen: dict[str, Predicted] = {}
     provide_offline_font()
-    args = val_args(cfg, dataset_yaml, split, run_dir / "inspect", plots=False)
+    args = val_args(cfg.model, cfg.hardware, dataset_yaml, split, run_dir / "inspect", plots=False)
     results = load_yolo(weights).val(validator=recording_validator(seen), **args)
     with contextlib.suppress(OSError):  # with plots off the validator leaves its folder empty
         Path(results.save_dir).rmdir()
@@ -371,7 +370,7 @@ def draw_gallery(dataset: Any, count_field: str, count: int, what: str, path: Pa
 # --- the App ----------------------------------------------------------------------------------------------
 
 
-def serve_app(fo: Any, dataset: Any, settings: DictConfig) -> None:
+def serve_app(fo: Any, dataset: Any, settings: InspectConfig) -> None:
     """The FiftyOne App on the dataset in remote mode, until Ctrl-C (or SIGTERM).
 
     Both signals only set an event, from before the App starts: the App answers HTTP before launch_app

@@ -12,8 +12,8 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
-
+from sentinel.config.plain import plain
+from sentinel.config.schema import SourceConfig
 from sentinel.dataset.sources.yolo_dir import SourceData, read_source
 from sentinel.runtime.atomic import atomic_build, is_complete, target_lock
 from sentinel.runtime.fingerprint import stable_hash
@@ -24,9 +24,9 @@ log = logging.getLogger(__name__)
 OPERATIONAL_KEYS = frozenset({"cache_name", "timeout_s", "retries", "database_uri", "zoo_dir"})
 
 
-def fetch_source(name: str, cfg: DictConfig, data_dir: Path) -> SourceData:
+def fetch_source(name: str, cfg: SourceConfig, data_dir: Path) -> SourceData:
     """Make source `name` available locally (cache first) and read its layout."""
-    origin = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k != "cache_name"}
+    origin = {k: v for k, v in plain(cfg).items() if k != "cache_name"}
     if cfg.type == "yolo":
         return read_source(name, Path(cfg.path).expanduser().resolve(), origin)
     if cfg.type == "demo":
@@ -46,13 +46,13 @@ def fetch_source(name: str, cfg: DictConfig, data_dir: Path) -> SourceData:
     return read_source(name, folder, origin)
 
 
-def source_folder(data_dir: Path, name: str, cfg: DictConfig) -> Path:
+def source_folder(data_dir: Path, name: str, cfg: SourceConfig) -> Path:
     """Where a source's cached copy lives; the last part changes whenever its content settings change."""
-    content = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in OPERATIONAL_KEYS}
+    content = {k: v for k, v in plain(cfg).items() if k not in OPERATIONAL_KEYS}
     return data_dir / "sources" / (cfg.cache_name or name) / stable_hash(content, 12)
 
 
-def cached_folder(data_dir: Path, name: str, cfg: DictConfig, build: Callable[[Path, Path], None]) -> Path:
+def cached_folder(data_dir: Path, name: str, cfg: SourceConfig, build: Callable[[Path, Path], None]) -> Path:
     """Return the complete cached folder of a source, building it with `build(tmp, final)` if needed.
 
     The check comes before any network or SDK call: a cache hit does no work at all.

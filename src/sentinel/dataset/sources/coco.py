@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from omegaconf import DictConfig
 
+from sentinel.config.schema import CocoSource
 from sentinel.errors import SentinelError
 from sentinel.runtime.fiftyone_db import import_fiftyone
 
@@ -31,7 +31,7 @@ ZOO_NAME = "coco-2017"
 ZOO_TO_YOLO_SPLIT = {"train": "train", "validation": "val"}
 
 
-def export_coco(cfg: DictConfig, out: Path, final: Path) -> None:
+def export_coco(cfg: CocoSource, out: Path, final: Path) -> None:
     """Load COCO-2017 through the zoo and write a YOLO dataset into `out` (renamed to `final` later)."""
     unknown = [s for s in cfg.splits if s not in ZOO_TO_YOLO_SPLIT]
     if unknown:
@@ -87,7 +87,7 @@ def export_coco(cfg: DictConfig, out: Path, final: Path) -> None:
     _point_yaml_at(out / "dataset.yaml", final)
 
 
-def _yolo_split_views(dataset: Any, cfg: DictConfig, four: Any) -> dict[str, Any]:
+def _yolo_split_views(dataset: Any, cfg: CocoSource, four: Any) -> dict[str, Any]:
     """train → train; validation → val and (a seeded `test_fraction` of it) test."""
     views = {}
     if "train" in cfg.splits:

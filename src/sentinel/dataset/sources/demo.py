@@ -16,15 +16,15 @@ import zlib
 from pathlib import Path
 
 import yaml
-from omegaconf import DictConfig
 
+from sentinel.config.schema import DemoSource
 from sentinel.dataset.classes import normalise
 
 SHAPES = ("rectangle", "ellipse", "triangle", "cross")
 SPLIT_FOLDERS = {"roboflow": {"train": "train", "val": "valid", "test": "test"}}
 
 
-def generate_demo(cfg: DictConfig, out_dir: Path, final_dir: Path) -> None:
+def generate_demo(cfg: DemoSource, out_dir: Path, final_dir: Path) -> None:
     """Write the demo dataset described by `cfg` (a DemoSource) into the empty folder `out_dir`, which will
     be renamed to `final_dir` (the absolute `path` FiftyOne's layout records)."""
     rng = random.Random(cfg.seed)

@@ -36,8 +36,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import yaml
-from omegaconf import DictConfig, OmegaConf
 
+from sentinel.config.plain import plain
+from sentinel.config.schema import RoboflowSource
 from sentinel.errors import SentinelError
 from sentinel.runtime.redaction import ROBOFLOW_KEY_ENV, redact
 
@@ -63,7 +64,7 @@ def api_key() -> str:
     return key
 
 
-def download_roboflow(cfg: DictConfig, out: Path, backoff_s: float = 1.0) -> None:
+def download_roboflow(cfg: RoboflowSource, out: Path, backoff_s: float = 1.0) -> None:
     """Download workspace/project/version in `cfg.format` into the empty folder `out`, then fix data.yaml."""
     api_key()  # fail before starting anything when the key is missing
     what = f"{cfg.workspace}/{cfg.project}/{cfg.version} ({cfg.format})"
@@ -83,11 +84,11 @@ def download_roboflow(cfg: DictConfig, out: Path, backoff_s: float = 1.0) -> Non
         log.warning("Roboflow %s has no %s split; it is reported, not invented", what, ", ".join(missing))
 
 
-def _download_in_child(cfg: DictConfig, out: Path, what: str) -> None:
+def _download_in_child(cfg: RoboflowSource, out: Path, what: str) -> None:
     """One attempt in a child process, killed after `cfg.timeout_s`; re-raise its outcome here."""
     with tempfile.TemporaryDirectory(prefix="sentinel-roboflow-") as scratch:
         outcome_file = Path(scratch) / "outcome.json"
-        request = {"cfg": OmegaConf.to_container(cfg, resolve=True), "out": str(out), "outcome": str(outcome_file)}
+        request = {"cfg": plain(cfg), "out": str(out), "outcome": str(outcome_file)}
         env = {**os.environ, CHILD_LOG_LEVEL_ENV: str(logging.getLogger().getEffectiveLevel())}
         child = subprocess.Popen(
             [sys.executable, "-m", "sentinel.dataset.sources.roboflow", json.dumps(request)],
@@ -152,7 +153,7 @@ def _child_main(request_json: str) -> None:
     request = json.loads(request_json)
     level = int(os.environ.get(CHILD_LOG_LEVEL_ENV, logging.WARNING))
     logging.basicConfig(level=level, stream=sys.stderr, format="%(name)s: %(message)s")
-    cfg = OmegaConf.create(request["cfg"])
+    cfg = RoboflowSource(**request["cfg"])
     outcome: dict[str, str] = {"kind": "ok", "message": ""}
     try:
         _download_once(api_key(), cfg, Path(request["out"]))
@@ -166,7 +167,7 @@ def _child_main(request_json: str) -> None:
     os.replace(tmp, target)
 
 
-def _download_once(key: str, cfg: DictConfig, out: Path) -> None:
+def _download_once(key: str, cfg: RoboflowSource, out: Path) -> None:
     statuses: list[int] = []
     with _sdk_workarounds(statuses):
         try:
@@ -182,7 +183,7 @@ def _download_once(key: str, cfg: DictConfig, out: Path) -> None:
         raise SentinelError(f"Roboflow {cfg.workspace}/{cfg.project}/{cfg.version}: the export has no data.yaml")
 
 
-def _classify(error: Exception, statuses: list[int], cfg: DictConfig) -> Exception:
+def _classify(error: Exception, statuses: list[int], cfg: RoboflowSource) -> Exception:
     """Turn an SDK exception into a retryable _Transient or a clear SentinelError, without the key."""
     import requests
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
-
+from sentinel.config.plain import plain
+from sentinel.config.schema import SentinelConfig
 from sentinel.errors import SentinelError
 from sentinel.runtime.redaction import redact
 from sentinel.runtime.runs import read_json, write_json_atomic
@@ -30,7 +30,6 @@ from sentinel.runtime.tracking.names import (
     is_number,
     metric_name,
     model_name,
-    plain,
     run_name,
     run_tags,
     trial_number,
@@ -302,7 +301,7 @@ class MlflowTracker(Tracker):
             log.warning("tracking: could not add the time spent to %s: %s", self.record, error)
 
 
-def start_tracking(cfg: DictConfig, run_dir: Path, launch_dir: Path, record: str = RUN_RECORD) -> Tracker:
+def start_tracking(cfg: SentinelConfig, run_dir: Path, launch_dir: Path, record: str = RUN_RECORD) -> Tracker:
     """Start this run's tracking service, which opens (or continues) its MLflow run; a tracking server that
     does not answer is a ConfigError here, before any work. The pipeline hands the tracker to each stage
     (as Ultralytics hands its integrations to the trainer); `Tracker()` logs nothing (tracking=none)."""
@@ -320,7 +319,7 @@ def start_tracking(cfg: DictConfig, run_dir: Path, launch_dir: Path, record: str
         run_dir=str(run_dir),
         run_name=run_name(cfg),
         tags=run_tags(cfg, run_dir, launch_dir),
-        params=flatten(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)),  # `all`, not `Mode.all`
+        params=flatten(plain(cfg)),  # `all`, not `Mode.all`
         pid=os.getpid(),
         log_file=_log_file(),
         record=record,

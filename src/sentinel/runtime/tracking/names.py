@@ -16,8 +16,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
-
+from sentinel.config.plain import plain
+from sentinel.config.schema import SentinelConfig
 from sentinel.runtime.redaction import redact
 
 log = logging.getLogger(__name__)
@@ -60,14 +60,14 @@ def flatten(data: Any, prefix: str = "") -> dict[str, str]:
     return {prefix.rstrip("."): redact(text)[:MAX_PARAM_CHARS]}
 
 
-def experiment_name(cfg: DictConfig) -> str:
+def experiment_name(cfg: SentinelConfig) -> str:
     """`tracking.experiment`, else the `experiment` preset's name, else `sentinel`."""
     if cfg.tracking.experiment.strip():
         return cfg.tracking.experiment.strip()
     return hydra_choice("experiment") or "sentinel"
 
 
-def run_name(cfg: DictConfig) -> str:
+def run_name(cfg: SentinelConfig) -> str:
     """`finetune · demo · 01:47:02` (and `· job 3` in a sweep): mode, preset and time of day, short enough that
     MLflow's runs list shows it whole (the date is its own column there)."""
     job = sweep_tags().get("sentinel.job_num", "")
@@ -99,7 +99,7 @@ def short_value(value: Any) -> str:
     return str(int(number)) if number.is_integer() else f"{number:.3g}"
 
 
-def run_tags(cfg: DictConfig, run_dir: Path, launch_dir: Path) -> dict[str, Any]:
+def run_tags(cfg: SentinelConfig, run_dir: Path, launch_dir: Path) -> dict[str, Any]:
     """Mode, where the run lives, where its data came from, what code and libraries made it."""
     tags: dict[str, Any] = {
         "sentinel.mode": plain(cfg.mode),
@@ -117,7 +117,7 @@ def run_tags(cfg: DictConfig, run_dir: Path, launch_dir: Path) -> dict[str, Any]
     return tags
 
 
-def source_tags(cfg: DictConfig) -> dict[str, str]:
+def source_tags(cfg: SentinelConfig) -> dict[str, str]:
     """Every source with what pins its version (the content fingerprint is the dataset tag, set by prep)."""
     from sentinel.config.schema import source_pins
 
@@ -188,11 +188,6 @@ def distribution_version(distribution: str) -> str:
         return metadata.version(distribution)
     except metadata.PackageNotFoundError:
         return "not installed"
-
-
-def plain(value: Any) -> Any:
-    """An Enum config value (mode, backend) as its plain value."""
-    return getattr(value, "value", value)
 
 
 def as_float(value: Any) -> float | None:

@@ -15,8 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
-
+from sentinel.config.schema import PredictConfig, SentinelConfig
 from sentinel.dataset.prepare import RunDataset, data_dir_of
 from sentinel.dataset.sources.yolo_dir import class_names_of
 from sentinel.errors import ConfigError, Interrupted
@@ -57,7 +56,9 @@ class PredictResult:
     annotated: list[Path] = field(default_factory=list)
 
 
-def predict(cfg: DictConfig, run_dir: Path, dataset: RunDataset, tracker: Tracker, launch_dir: Path) -> PredictResult:
+def predict(
+    cfg: SentinelConfig, run_dir: Path, dataset: RunDataset, tracker: Tracker, launch_dir: Path
+) -> PredictResult:
     settings = cfg.predict
     refuse_earlier_predictions(run_dir)
     source = check_source(str(settings.source), settings.timeout_s)
@@ -108,7 +109,7 @@ def refuse_earlier_predictions(run_dir: Path) -> None:
         )
 
 
-def resolve_predict_weights(cfg: DictConfig, run_dir: Path, dataset: RunDataset, launch_dir: Path) -> Path:
+def resolve_predict_weights(cfg: SentinelConfig, run_dir: Path, dataset: RunDataset, launch_dir: Path) -> Path:
     """models:/ URIs from the registry, a file named directly, or `latest` / a run folder (a fine-tune on the
     selected datasets, checked against their classes as evaluate does)."""
     value, key = str(cfg.predict.weights), "predict.weights"
@@ -124,7 +125,7 @@ def resolve_predict_weights(cfg: DictConfig, run_dir: Path, dataset: RunDataset,
     return resolve_weights(value, key, data_dir_of(cfg), merged.fingerprint, class_names_of(merged.dataset_yaml))
 
 
-def check_class_names(settings: DictConfig, names: list[str], weights: Path) -> None:
+def check_class_names(settings: PredictConfig, names: list[str], weights: Path) -> None:
     """Every class named in predict.alert and predict.classes must be one the weights detect."""
     for key, wanted in (("predict.alert", list(settings.alert)), ("predict.classes", list(settings.classes))):
         for name in wanted:
@@ -152,7 +153,7 @@ def boxes_of(result: Any) -> list[Box]:
 class Recorder:
     """Everything a predict run writes, fed one Ultralytics result at a time and closed whole at the end."""
 
-    def __init__(self, source: Source, settings: DictConfig, names: list[str], run_dir: Path) -> None:
+    def __init__(self, source: Source, settings: PredictConfig, names: list[str], run_dir: Path) -> None:
         self.source, self.stride, self.run_dir = source, settings.vid_stride, run_dir
         self.detections = LineLog(run_dir / DETECTIONS)
         self.alert_log = LineLog(run_dir / ALERTS)
@@ -204,7 +205,7 @@ class Recorder:
 def run_predictions(
     results: Iterator[Any],
     source: Source,
-    settings: DictConfig,
+    settings: PredictConfig,
     names: list[str],
     facts: dict[str, Any],
     run_dir: Path,

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from omegaconf import DictConfig
 
+from sentinel.config.schema import SentinelConfig
 from sentinel.errors import SentinelError
 from sentinel.runtime.applied import APPLIED_FILE, read_applied_file
 from sentinel.runtime.redaction import redact
@@ -24,7 +24,7 @@ from sentinel.runtime.tracking.names import trial_number
 from sentinel.stages.tune.result import TuneResult
 
 
-def trial_rows(grid: Any, cfg: DictConfig, trials_in: Path | None = None) -> list[dict[str, Any]]:
+def trial_rows(grid: Any, cfg: SentinelConfig, trials_in: Path | None = None) -> list[dict[str, Any]]:
     """One row per trial: its parameters, final and best metric, epochs run, how it ended. `trials_in`: the
     local copy of the experiment when Ray's storage is elsewhere (hardware.storage_path)."""
     metric, params = cfg.tune.metric, list(cfg.search_space)
@@ -64,7 +64,7 @@ def trial_rows(grid: Any, cfg: DictConfig, trials_in: Path | None = None) -> lis
 
 def write_tune_outputs(
     grid: Any,
-    cfg: DictConfig,
+    cfg: SentinelConfig,
     run_dir: Path,
     tracker: Tracker,
     resumed_from: Path | None,
@@ -119,7 +119,11 @@ def keep_best_weights(best: dict[str, Any], out: Path) -> Path | None:
 
 
 def report_markdown(
-    rows: list[dict[str, Any]], best: dict[str, Any], cfg: DictConfig, weights: Path | None, resumed_from: Path | None
+    rows: list[dict[str, Any]],
+    best: dict[str, Any],
+    cfg: SentinelConfig,
+    weights: Path | None,
+    resumed_from: Path | None,
 ) -> str:
     metric = cfg.tune.metric
     lines = [

@@ -19,15 +19,16 @@ driver's count, not its node's; it takes no cluster address, shuts Ray down and 
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import logging
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
-from omegaconf import DictConfig, OmegaConf, open_dict
 
+from sentinel.config.plain import plain
+from sentinel.config.schema import SentinelConfig
 from sentinel.errors import ConfigError, Interrupted, SentinelError
 from sentinel.runtime.applied import APPLIED_FILE, dry_build
 from sentinel.runtime.fingerprint import stable_hash
@@ -82,7 +83,7 @@ log = logging.getLogger(__name__)
 DRY_BUILD_DIR = "tune/dry_build"  # in the run folder: what a trial at each probe of the space would apply
 
 
-def check_search_applies(cfg: DictConfig, data_yaml: Path, run_dir: Path) -> dict[str, str]:
+def check_search_applies(cfg: SentinelConfig, data_yaml: Path, run_dir: Path) -> dict[str, str]:
     """Build a trial at two points of the space and train one batch: every value must be what Ultralytics applies.
 
     A key that cannot act on this dataset at all (copy-paste without segment masks, class weights with equal
@@ -110,23 +111,20 @@ def check_search_applies(cfg: DictConfig, data_yaml: Path, run_dir: Path) -> dic
     return dropped
 
 
-def without_keys(cfg: DictConfig, dropped: dict[str, str]) -> DictConfig:
+def without_keys(cfg: SentinelConfig, dropped: dict[str, str]) -> SentinelConfig:
     """The config with the dropped dimensions taken out of its search space."""
     if not dropped:
         return cfg
-    narrowed = copy.deepcopy(cfg)
-    with open_dict(narrowed):
-        for name in dropped:
-            del narrowed.search_space[name]
-    if len(narrowed.search_space) == 0:
+    space = {name: spec for name, spec in cfg.search_space.items() if name not in dropped}
+    if not space:
         raise ConfigError("search_space", "no dimension can act on this dataset", "search other keys")
-    return narrowed
+    return dataclasses.replace(cfg, search_space=space)
 
 
 # --- the search -----------------------------------------------------------------------------------------
 
 
-def tune_fingerprint(cfg: DictConfig, dataset_fingerprint: str) -> str:
+def tune_fingerprint(cfg: SentinelConfig, dataset_fingerprint: str) -> str:
     """Same dataset and same trials → same search (what mode=all reuses and `tune.resume` may continue).
 
     Only what the trials use: the search, the fixed training arguments (augmentation with the trial's
@@ -134,12 +132,12 @@ def tune_fingerprint(cfg: DictConfig, dataset_fingerprint: str) -> str:
     and the tune settings. Fine-tune-only keys (model.output_name) and resources (they change speed, not
     results) are left out.
     """
-    tune_settings = OmegaConf.to_container(cfg.tune, resolve=True)
+    tune_settings = plain(cfg.tune)
     tune_settings.pop("resume", None)
     return stable_hash(
         {
             "dataset": dataset_fingerprint,
-            "search_space": OmegaConf.to_container(cfg.search_space, resolve=True),
+            "search_space": plain(cfg.search_space),
             "fixed": trial_fixed_args(cfg),
             "weights": cfg.model.weights,
             "tune": tune_settings,
@@ -148,7 +146,7 @@ def tune_fingerprint(cfg: DictConfig, dataset_fingerprint: str) -> str:
 
 
 def tune(
-    cfg: DictConfig, run_dir: Path, dataset: RunDataset, tracker: Tracker, skip_if_done: bool = False
+    cfg: SentinelConfig, run_dir: Path, dataset: RunDataset, tracker: Tracker, skip_if_done: bool = False
 ) -> TuneResult:
     """Run the search, write its record into the run folder, return the best hyperparameters."""
     from sentinel.dataset.prepare import data_dir_of
@@ -234,7 +232,7 @@ def tune(
     return result
 
 
-def ray_loggers(cfg: DictConfig) -> list[Any]:
+def ray_loggers(cfg: SentinelConfig) -> list[Any]:
     """Ray's loggers that add something, and one console line per trial.
 
     Kept: JSON (each trial's result.json: Tune's own analysis and sentinel.runtime.tracking's nested runs read it)
@@ -275,7 +273,7 @@ def skip_unsent_callback_telemetry() -> None:
 
 
 def run_search(
-    cfg: DictConfig, data_yaml: Path, storage: ExperimentStorage, resume_from: Path | None, search_alg: Any
+    cfg: SentinelConfig, data_yaml: Path, storage: ExperimentStorage, resume_from: Path | None, search_alg: Any
 ) -> Any:
     """Ray Tune's Tuner over our trainable: a new search in `storage`, or the restored one."""
     from ray import tune as ray_tune

@@ -4,9 +4,8 @@ the two probes of the dry build that checks every searched value acts before Ray
 from __future__ import annotations
 
 import difflib
+from collections.abc import Mapping
 from typing import Any
-
-from omegaconf import DictConfig
 
 from sentinel.config.schema import AugmentationConfig
 from sentinel.config.validate import param_specs
@@ -38,7 +37,7 @@ NOT_TUNABLE = frozenset(
 SEARCH_ALG_PACKAGES = {"optuna": "optuna", "hyperopt": "hyperopt"}
 
 
-def check_search_space(space: DictConfig, facts: UltralyticsFacts) -> None:
+def check_search_space(space: Mapping[str, Any], facts: UltralyticsFacts) -> None:
     """Every parameter must be a real, tunable Ultralytics training argument with sensible bounds."""
     for name, spec in param_specs(space).items():
         key = f"search_space.{name}"
@@ -57,7 +56,7 @@ def check_search_space(space: DictConfig, facts: UltralyticsFacts) -> None:
             raise ConfigError(key, f"randint needs whole-number bounds, got {values}")
 
 
-def ray_space(space: DictConfig) -> dict[str, Any]:
+def ray_space(space: Mapping[str, Any]) -> dict[str, Any]:
     """search_space → Ray Tune distributions. randint is Ray's: integers in [low, high)."""
     from ray import tune
 
@@ -106,7 +105,7 @@ def check_metric(metric: str, facts: UltralyticsFacts) -> None:
         raise ConfigError("tune.metric", f"{metric!r} is not a metric Ultralytics reports", hint)
 
 
-def space_probes(space: DictConfig) -> dict[str, dict[str, Any]]:
+def space_probes(space: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """Two points of the space: every dimension at a quarter and at three quarters of its range (in its own
     scale; a choice's first and last value).
 

@@ -9,8 +9,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from omegaconf import DictConfig
-
+from sentinel.config.schema import SentinelConfig
 from sentinel.errors import ConfigError
 from sentinel.runtime.fingerprint import stable_hash
 from sentinel.runtime.runs import (
@@ -51,7 +50,7 @@ class ExperimentStorage:
         return self.path if self.remote and "://" not in self.path else str(self.local.parent)
 
 
-def experiment_storage(cfg: DictConfig, run_dir: Path, resume_from: Path | None) -> ExperimentStorage:
+def experiment_storage(cfg: SentinelConfig, run_dir: Path, resume_from: Path | None) -> ExperimentStorage:
     """A new search's storage from hardware.storage_path; a resumed one's from where it was (its record)."""
     folder = resume_from or run_dir
     record = folder / RAY_DIR / STORAGE_RECORD
@@ -85,7 +84,7 @@ def fetch_experiment(storage: ExperimentStorage, local: Path) -> None:
     log.info("tune: copied the search from %s into %s", storage.uri, local)
 
 
-def find_resumable(cfg: DictConfig, fingerprint: str, run_dir: Path, data_dir: Path) -> Path | None:
+def find_resumable(cfg: SentinelConfig, fingerprint: str, run_dir: Path, data_dir: Path) -> Path | None:
     """The Ray experiment to continue: an explicit run folder, or the newest unfinished one with our inputs."""
     wanted = str(cfg.tune.resume).strip()
     if wanted.lower() in ("", "false"):

@@ -7,8 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
-
+from sentinel.config.schema import SentinelConfig
 from sentinel.runtime.applied import APPLIED_FILE, AppliedCheck
 from sentinel.runtime.ultra import fixed_training_args, sentinel_trainer
 
@@ -95,14 +94,14 @@ def trial_close_mosaic(close_mosaic: int, finetune_epochs: int, trial_epochs: in
     return min(round(share * trial_epochs), trial_epochs - 1)
 
 
-def trial_fixed_args(cfg: DictConfig) -> dict[str, Any]:
+def trial_fixed_args(cfg: SentinelConfig) -> dict[str, Any]:
     """The fixed training arguments of a trial: the fine-tune's, with close_mosaic scaled to the trial."""
-    args = fixed_training_args(cfg)
+    args = fixed_training_args(cfg.augmentation, cfg.model, cfg.training, cfg.seed)
     args["close_mosaic"] = trial_close_mosaic(int(args["close_mosaic"]), cfg.model.epochs, cfg.tune.epochs)
     return args
 
 
-def trial_setup(cfg: DictConfig, data_yaml: Path) -> dict[str, Any]:
+def trial_setup(cfg: SentinelConfig, data_yaml: Path) -> dict[str, Any]:
     """What every trial needs, as plain values (it travels to Ray workers)."""
     return {
         "data": str(data_yaml),
