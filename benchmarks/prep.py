@@ -160,13 +160,11 @@ class Prep:
     """Sentinel's merge of `folders` into a new data_dir per first build, as mode=prep runs it (minus Hydra)."""
 
     def __init__(self, folders: list[Path], outputs: Outputs) -> None:
-        from omegaconf import OmegaConf
-
         from sentinel.config.schema import MergeConfig
 
         self.folders, self.outputs = folders, outputs
         self.data_dir = outputs.new("data")
-        self.cfg = OmegaConf.structured(MergeConfig)
+        self.cfg = MergeConfig()  # as the pipeline hands it to prep
         self.rebuilds = 0
 
     def merge(self, cfg=None):
@@ -189,10 +187,10 @@ class Prep:
 
     def incremental(self) -> None:
         """Only merge options change (a new alias each time): a new folder, from the per-file record."""
-        from omegaconf import OmegaConf
+        import dataclasses
 
         self.rebuilds += 1
-        result = self.merge(OmegaConf.merge(self.cfg, {"aliases": {"parcel": f"parcel{self.rebuilds}"}}))
+        result = self.merge(dataclasses.replace(self.cfg, aliases={"parcel": f"parcel{self.rebuilds}"}))
         assert not result.cache_hit and result.report["file_records"]["images_read"] == 0
 
 
