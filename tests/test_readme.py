@@ -178,6 +178,9 @@ def test_make_demo_runs_the_demo_pipeline(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     for name in ("prep_report.md", "best_hparams.yaml", "sentinel.pt", "export/sentinel.torchscript", "metrics.md"):
         assert (tmp_path / "run" / name).exists(), name
+    # The summary names what it scores: the demo ranks trials by a loss, which a bare number would hide.
+    assert re.search(r"^  tune: .*\(best val/box_loss \d+\.\d{4}\)", result.stdout, re.M), result.stdout[-2000:]
+    assert re.search(r"^  evaluate: +mAP50-95 \d\.\d{4}, mAP50 \d\.\d{4}", result.stdout, re.M)
 
 
 def test_make_lint_passes():

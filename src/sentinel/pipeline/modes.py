@@ -172,7 +172,7 @@ def run_in_folder(composed: DictConfig, run_dir: Path) -> dict[str, Any]:
     record_results(cfg, tracker, run_dir, results, dataset)
     write_run_status(run_dir, mode.value, "FINISHED")
     tracker.end("FINISHED")  # a rerun's record (RERUN_RECORD) becomes the folder's once its run is recorded
-    print(summary(run_dir, results))
+    print(summary(run_dir, results, cfg.tune.metric))
     if tracker.run_id:
         print(f"  {'tracking:':<10}MLflow run {tracker.run_id} ({tracking_hint(cfg)})")
     elif tracker.detached:
@@ -263,8 +263,9 @@ def tracking_hint(cfg: SentinelConfig) -> str:
     return f"see it with: mlflow ui --backend-store-uri sqlite:///{store}"
 
 
-def summary(run_dir: Path, results: dict[str, Any]) -> str:
-    """What a person wants at the end of a run: where everything is."""
+def summary(run_dir: Path, results: dict[str, Any], tune_metric: str) -> str:
+    """What a person wants at the end of a run: where everything is, and the scores by their names (the
+    search's best is a loss in the demo preset, where a bare 1.64 would read as an mAP over 1)."""
     lines = [f"Sentinel run folder: {run_dir}"]
 
     def add(stage: str, text: str) -> None:
@@ -274,10 +275,8 @@ def summary(run_dir: Path, results: dict[str, Any]) -> str:
     if "prep" in results:
         add("prep", f"{results['prep'].dataset_yaml}; report {run_dir / 'prep_report.md'}")
     if "tune" in results:
-        add(
-            "tune",
-            f"{run_dir / 'best_hparams.yaml'} (best {results['tune'].best_metric:.4f}); {run_dir / 'tune_report.md'}",
-        )
+        best = f"best {tune_metric} {results['tune'].best_metric:.4f}"
+        add("tune", f"{run_dir / 'best_hparams.yaml'} ({best}); {run_dir / 'tune_report.md'}")
     if "finetune" in results:
         add("finetune", f"weights {results['finetune'].weights}")
     if "export" in results:
