@@ -125,7 +125,8 @@ def _merge_sources(sources: list[SourceData], merge: MergeConfig, data_dir: Path
 
 def merge_fingerprint(sources: list[SourceData], plan: Plan, merge: MergeConfig) -> str:
     """Hash of everything the output depends on: merge settings, class lists, every input file's stat."""
-    settings = {k: plain(merge)[k] for k in FINGERPRINT_KEYS}
+    options = plain(merge)
+    settings = {k: options[k] for k in FINGERPRINT_KEYS}
     files = hashlib.blake2b(digest_size=16)
     for i in plan.items:
         files.update(f"{i.source}\0{i.split}\0{i.image}\0{i.image_stat}\0{i.label_stat}\n".encode())

@@ -11,7 +11,6 @@ import socket
 import subprocess
 import time
 from collections.abc import Mapping
-from enum import Enum
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -48,14 +47,13 @@ def model_name(name: str) -> str:
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, str]:
-    """A resolved config as Hydra's dotted keys (`model.imgsz`), each value a string MLflow accepts."""
+    """A config in plain values (sentinel.config.plain: `all`, not `Mode.all`) as Hydra's dotted keys
+    (`model.imgsz`), each value a string MLflow accepts."""
     if isinstance(data, Mapping) and data:
         flat: dict[str, str] = {}
         for key, value in data.items():
             flat.update(flatten(value, f"{prefix}{key}."))
         return flat
-    if isinstance(data, Enum):  # a schema's enum member: its value (`all`), as config_resolved.yaml writes it
-        data = data.value
     text = json.dumps(data) if isinstance(data, (list, dict)) else str(data)
     return {prefix.rstrip("."): redact(text)[:MAX_PARAM_CHARS]}
 
