@@ -279,6 +279,7 @@ def test_ray_address_of_a_service_that_is_not_ray_fails_fast(tmp_path, http_serv
     )
     assert result.returncode == 1
     assert "is not Ray" in result.stderr + result.stdout
+    assert not (tmp_path / "run" / "tune").exists()  # before the dry builds, which take tens of seconds
 
 
 @pytest.mark.slow
