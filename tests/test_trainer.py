@@ -57,6 +57,7 @@ def seen_in_a_fresh_process(tmp_path: Path, script: str, *args: str) -> dict:
     return json.loads(result.stdout.split("SEEN=")[-1])
 
 
+@pytest.mark.slow
 def test_ultralytics_mlflow_and_raytune_integrations_are_not_loaded_and_settings_are_not_written(tmp_path: Path):
     subprocess.run([sys.executable, "-c", "import ultralytics.utils"], env=fresh_env(tmp_path), check=True)
     settings = next((tmp_path / "settings").rglob("settings.json"))  # the user's settings
@@ -97,6 +98,7 @@ print("SEEN=" + json.dumps(seen))
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", ["resumable", "trial"])
 def test_a_trial_checkpoint_has_the_weights_without_the_optimizer_state(tmp_path: Path, which: str):
     seen = seen_in_a_fresh_process(tmp_path, TRAIN_ONE_EPOCH, which)
@@ -125,6 +127,7 @@ print("SEEN=" + json.dumps(seen))
 """
 
 
+@pytest.mark.slow
 def test_a_training_without_plots_imports_neither_polars_nor_the_font_manager_and_keeps_its_results(tmp_path: Path):
     import polars as pl
 

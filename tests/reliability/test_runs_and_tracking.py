@@ -46,6 +46,7 @@ def test_compare_over_a_sweep_folder_that_does_not_exist_names_it(tmp_path, trac
     assert f"{tmp_path}/nowhere" in one_error(result, "compare.sweep")
 
 
+@pytest.mark.slow
 def test_compare_over_a_sweep_folder_with_a_quote_in_its_name_says_what_it_found(tmp_path):
     sweep = tmp_path / "it's" / "sweep"
     sweep.mkdir(parents=True)
@@ -68,6 +69,7 @@ def test_compare_from_folders_leaves_out_a_run_whose_prep_failed(tmp_path):
     assert "| outputs/good |" in report and "outputs/bad" not in report
 
 
+@pytest.mark.slow
 def test_the_first_compare_in_a_new_folder_leaves_a_store_that_later_runs_record_in(tmp_path):
     from mlflow.tracking import MlflowClient
 
@@ -88,6 +90,7 @@ def store_runs(tmp_path: Path, mode: str = "prep", experiment: str = "sentinel")
     return client.search_runs([found.experiment_id], filter_string=f"tags.`sentinel.mode` = '{mode}'")
 
 
+@pytest.mark.slow
 def test_class_names_mlflow_refuses_cost_no_metric_and_are_kept_as_tags(tmp_path):
     from builders import jpeg_bytes, make_source
 
@@ -113,6 +116,7 @@ def test_class_names_mlflow_refuses_cost_no_metric_and_are_kept_as_tags(tmp_path
     assert {f"prep/boxes/train/{name}" for name in ("o'clock", "c++")} <= originals
 
 
+@pytest.mark.slow
 def test_a_run_whose_artefacts_cannot_be_stored_still_ends_finished_and_says_so(tmp_path):
     (tmp_path / "outputs").mkdir()
     (tmp_path / "outputs" / "mlartifacts").write_text("a file where MLflow keeps its artefacts' folder\n")
@@ -193,6 +197,7 @@ def records_of(run_dir: Path) -> dict[str, bytes]:
     return {name: (run_dir / name).read_bytes() for name in names}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("change", ["other settings", "edited label"])
 def test_a_rerun_in_a_finished_run_folder_never_changes_its_records(tmp_path, change):
     args = [*mine_dataset(tmp_path), "mode=prep", f"data_dir={tmp_path}/data", "hydra.run.dir=outputs/run"]
@@ -263,6 +268,7 @@ def test_a_tracking_uri_that_answers_but_is_not_mlflow_is_named_at_start_up(tmp_
     assert not (tmp_path / "data").exists()
 
 
+@pytest.mark.slow
 def test_a_deleted_experiment_is_named_with_the_fix_and_the_run_says_it_is_not_tracked(tmp_path):
     args = ["mode=prep", "merge.samples_grid=0", f"data_dir={tmp_path}/data"]
     assert run_train([*args, "hydra.run.dir=outputs/first"], cwd=tmp_path).returncode == 0
@@ -316,6 +322,7 @@ def test_two_images_of_one_name_sharing_a_label_file_are_both_left_out_and_count
     assert "label_file_shared_by_two_images" in (tmp_path / "run" / "prep_report.md").read_text()
 
 
+@pytest.mark.slow
 def test_a_moved_project_writes_beside_its_store_and_finds_its_earlier_artefacts(tmp_path):
     from mlflow.tracking import MlflowClient
 
@@ -334,6 +341,7 @@ def test_a_moved_project_writes_beside_its_store_and_finds_its_earlier_artefacts
         assert "prep_report.md" in {a.path for a in client.list_artifacts(run.info.run_id)}
 
 
+@pytest.mark.slow
 def test_the_paths_group_moves_run_folders_and_the_local_store(tmp_path):
     """paths.runs and paths.tracking: runs, the local MLflow store and compare's folder scan all follow them, and
     nothing is written under the default outputs/."""
