@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from hydra.errors import ConfigCompositionException, MissingConfigException
 
-from conftest import CONF_DIR, REPO, run_train
+from conftest import CONF_DIR, REPO, UNTRACKED, run_train
 from sentinel.config.schema import Mode
 from sentinel.config.validate import typed_config, validate
 from sentinel.errors import ConfigError
@@ -166,7 +166,9 @@ STAGE_ERRORS = [
 @pytest.mark.parametrize(("args", "text"), [r[1:] for r in STAGE_ERRORS], ids=[r[0] for r in STAGE_ERRORS])
 def test_stage_input_errors_are_one_clear_message(tmp_path, args, text):
     result = run_train(
-        [*args, f"data_dir={tmp_path}/data", "merge.samples_grid=0"], cwd=tmp_path, env={"YOLO_OFFLINE": "1"}
+        [*args, UNTRACKED, f"data_dir={tmp_path}/data", "merge.samples_grid=0"],
+        cwd=tmp_path,
+        env={"YOLO_OFFLINE": "1"},
     )
     assert result.returncode == 1
     assert text in result.stderr
@@ -215,7 +217,7 @@ def test_run_folder_has_resolved_config_and_log_and_no_secret(tmp_path):
     secret = "fake-secret-key-9f8e7d6c"
     run_dir = tmp_path / "run"
     result = run_train(
-        ["mode=prep", f"data_dir={tmp_path}/data", f"hydra.run.dir={run_dir}"],
+        ["mode=prep", UNTRACKED, f"data_dir={tmp_path}/data", f"hydra.run.dir={run_dir}"],  # the store: test_secrets
         cwd=tmp_path,
         env={"ROBOFLOW_API_KEY": secret},
     )

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from builders import jpeg_bytes, make_source, tree_digest
-from conftest import mine_args, outside_run_and_data, run_train
+from conftest import UNTRACKED, mine_args, outside_run_and_data, run_train
 
 GOOD = "0 0.5 0.5 0.2 0.2\n"
 
@@ -241,7 +241,7 @@ def test_every_image_undecodable_names_the_reason(tmp_path):
 
 def test_missing_key_hint_is_not_mangled_by_redaction(tmp_path):
     result = run_train(
-        ["mode=prep", "datasets=[guns]", f"data_dir={tmp_path}/data", f"hydra.run.dir={tmp_path}/run"],
+        ["mode=prep", "datasets=[guns]", UNTRACKED, f"data_dir={tmp_path}/data", f"hydra.run.dir={tmp_path}/run"],
         cwd=tmp_path,
         env={"ROBOFLOW_API_KEY": ""},
     )
