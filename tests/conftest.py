@@ -186,31 +186,59 @@ def kill_process_tree(process: subprocess.Popen) -> int:
     return status
 
 
-@pytest.fixture(scope="session")
-def demo_weights(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Path:
-    """Weights that detect the demo shapes (the demo preset's 40-epoch fine-tune, about a minute), trained
-    once per test session and shared by every worker: tests that only need a model that finds something use
-    these. The demo data they were trained on is under the returned file's ../../data."""
+def built_once_per_session(
+    tmp_path_factory: pytest.TempPathFactory, worker_id: str, name: str, step: str, build: Callable[[Path], None]
+) -> Path:
+    """The folder `name`, shared by every xdist worker of this test session, after `build` ran in it once: the
+    first worker to ask runs it under the step's file lock, the others wait for it and reuse what it made.
+    Later steps add to what the earlier ones made, so a test waits only for the steps it needs."""
     from filelock import FileLock
 
     base = tmp_path_factory.getbasetemp()
     shared = base if worker_id == "master" else base.parent  # xdist: the folder above every worker's own
-    folder = shared / "demo-weights"
-    with FileLock(str(shared / "demo-weights.lock")):
-        weights = folder / "run" / "sentinel.pt"
-        if not (folder / "done").is_file():
-            shutil.rmtree(folder, ignore_errors=True)
-            folder.mkdir()
-            result = run_train(
-                [
-                    "experiment=demo",
-                    "mode=finetune",
-                    UNTRACKED,
-                    f"data_dir={folder / 'data'}",
-                    f"hydra.run.dir={folder / 'run'}",
-                ],
-                cwd=folder,
-            )
-            assert result.returncode == 0, result.stderr[-3000:]
-            (folder / "done").write_text(str(weights))
-    return weights
+    folder = shared / name
+    with FileLock(str(shared / f"{name}.{step}.lock")):
+        if not (folder / f"{step}.done").is_file():
+            folder.mkdir(exist_ok=True)
+            build(folder)
+            (folder / f"{step}.done").write_text(step)
+    return folder
+
+
+TINY = ["experiment=tiny", UNTRACKED]  # conf/experiment/tiny.yaml: the demo at 2 epochs, 2 trials
+# The demo preset's fine-tune (conf/experiment/demo.yaml: 40 epochs, Ultralytics' close_mosaic of 10) on top of
+# the tiny preset, which keeps the demo's data, model and image size: about a minute on 2 CPUs.
+DEMO_FINETUNE = ["model.epochs=40", "model.patience=40", "augmentation.close_mosaic=10"]
+
+
+def train_runs(folder: Path, *runs: tuple[str, ...]) -> None:
+    """Each (run folder, overrides...) as a tiny train.py run in `folder`, data_dir `folder`/data, in order."""
+    for run, *args in runs:
+        result = run_train([*TINY, *args, f"data_dir={folder / 'data'}", f"hydra.run.dir={folder / run}"], cwd=folder)
+        assert result.returncode == 0, f"{run}: {result.stderr[-3000:]}"
+
+
+def fine_tune_as_demo(folder: Path) -> None:
+    train_runs(folder, ("ft_longer", "mode=finetune", *DEMO_FINETUNE))
+
+
+def search_then_fine_tune(folder: Path) -> None:
+    train_runs(folder, ("tune", "mode=tune"), ("ft", "mode=finetune", "finetune.hparams_from=latest"))
+
+
+@pytest.fixture(scope="session")
+def demo_weights(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Path:
+    """Weights that detect the demo shapes, trained once per test session in the tiny project (run folder
+    `ft_longer`: a fine-tune as long as `make demo`'s, with Ultralytics' default values): tests that only need a
+    model that finds something use these. The demo data they were trained on is under the returned file's
+    ../../data."""
+    project = built_once_per_session(tmp_path_factory, worker_id, "tiny-project", "demo-weights", fine_tune_as_demo)
+    return project / "ft_longer" / "sentinel.pt"
+
+
+@pytest.fixture(scope="session")
+def tiny_project(demo_weights: Path, tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Path:
+    """The tiny project as a user builds it, once per test session: after demo_weights' `ft_longer`, a 2-trial
+    search (`tune`) and a 2-epoch fine-tune with its values (`ft`, finetune.hparams_from=latest, so the newest
+    fine-tune). data_dir is its `data`. test_finetune checks these runs and adds its own beside them."""
+    return built_once_per_session(tmp_path_factory, worker_id, "tiny-project", "searched", search_then_fine_tune)

@@ -13,11 +13,13 @@ import pytest
 import yaml
 
 from builders import last_epoch_rate
-from conftest import UNTRACKED, kill_process_tree, run_train, start_train
+from conftest import TINY, kill_process_tree, run_train, start_train
 
 pytestmark = pytest.mark.slow
 
-TINY = ["experiment=tiny", UNTRACKED]  # conf/experiment/tiny.yaml: the demo at 2 epochs, 2 trials
+# tiny_project (conftest): the session's fine-tune as long as `make demo`'s (`ft_longer`: mAP50 about 0.8 there,
+# measurably better than 2 epochs' mAP 0), then a small search (`tune`) and a fine-tune that takes its values from
+# it (`ft`, latest: the newest fine-tune). The tests here check those runs and add their own beside them.
 
 
 def train(tmp_path: Path, *args: str, run: str | None = None) -> subprocess.CompletedProcess:
@@ -27,49 +29,38 @@ def train(tmp_path: Path, *args: str, run: str | None = None) -> subprocess.Comp
     return result
 
 
-@pytest.fixture(scope="module")
-def tuned_and_finetuned(tmp_path_factory):
-    """A small tune run, a fine-tune that takes its values from it (`latest`), and a second, longer one."""
-    tmp_path = tmp_path_factory.mktemp("finetune")
-    train(tmp_path, "mode=tune", run="tune")
-    train(tmp_path, "mode=finetune", "finetune.hparams_from=latest", run="ft")
-    # As long as `make demo` fine-tunes (mAP50 about 0.8 there): measurably better than 2 epochs (mAP 0).
-    train(tmp_path, "mode=finetune", "model.epochs=40", "model.patience=40", run="ft_longer")
-    return tmp_path
-
-
-def test_finetune_uses_exactly_the_tuned_values(tuned_and_finetuned):
-    best = yaml.safe_load((tuned_and_finetuned / "tune" / "best_hparams.yaml").read_text())
-    used = yaml.safe_load((tuned_and_finetuned / "ft" / "finetune" / "args.yaml").read_text())  # Ultralytics' own
+def test_finetune_uses_exactly_the_tuned_values(tiny_project):
+    best = yaml.safe_load((tiny_project / "tune" / "best_hparams.yaml").read_text())
+    used = yaml.safe_load((tiny_project / "ft" / "finetune" / "args.yaml").read_text())  # Ultralytics' own
     assert best and {k: used[k] for k in best} == pytest.approx(best)
-    recorded = yaml.safe_load((tuned_and_finetuned / "ft" / "finetune_args.yaml").read_text())
+    recorded = yaml.safe_load((tiny_project / "ft" / "finetune_args.yaml").read_text())
     assert recorded["hparams_from"].endswith("tune/best_hparams.yaml") and recorded["args"]["lr0"] == best["lr0"]
-    assert (tuned_and_finetuned / "ft" / "sentinel.pt").is_file()
+    assert (tiny_project / "ft" / "sentinel.pt").is_file()
 
 
-def test_two_fine_tunes_with_two_rates_train_with_those_rates(tuned_and_finetuned):
-    best = yaml.safe_load((tuned_and_finetuned / "tune" / "best_hparams.yaml").read_text())
+def test_two_fine_tunes_with_two_rates_train_with_those_rates(tiny_project):
+    best = yaml.safe_load((tiny_project / "tune" / "best_hparams.yaml").read_text())
     rates = {}
     for run, lr0 in (("ft", best["lr0"]), ("ft_longer", 0.01)):  # tuned, then Ultralytics' own default
-        record = yaml.safe_load((tuned_and_finetuned / run / "applied_args.yaml").read_text())
+        record = yaml.safe_load((tiny_project / run / "applied_args.yaml").read_text())
         assert record["differences"] == [] and record["applied"]["optimizer"] == "SGD"
         assert record["applied"]["lr0"] == pytest.approx(lr0)  # read back from the optimizer
-        used, predicted = last_epoch_rate(tuned_and_finetuned / run / "finetune" / "results.csv", record["applied"])
+        used, predicted = last_epoch_rate(tiny_project / run / "finetune" / "results.csv", record["applied"])
         assert used == pytest.approx(predicted, rel=1e-3)
         rates[run] = used
-        log = (tuned_and_finetuned / run / "train.log").read_text()
+        log = (tiny_project / run / "train.log").read_text()
         assert "ignoring 'lr0" not in log
     assert rates["ft"] != pytest.approx(rates["ft_longer"])
-    progress = (tuned_and_finetuned / "ft_longer" / "train.log").read_text()  # what the console showed
+    progress = (tiny_project / "ft_longer" / "train.log").read_text()  # what the console showed
     assert re.search(r"finetune: epoch 1/40: .*; about \d+ (s|min) left", progress)
-    card = (tuned_and_finetuned / "ft" / "model_card.md").read_text()
+    card = (tiny_project / "ft" / "model_card.md").read_text()
     assert "The values Ultralytics applied" in card and f"lr0: {best['lr0']}" in card
 
 
-def test_evaluate_table_equals_ultralytics_val(tuned_and_finetuned):
+def test_evaluate_table_equals_ultralytics_val(tiny_project):
     from ultralytics import YOLO
 
-    tmp_path = tuned_and_finetuned
+    tmp_path = tiny_project
     weights = tmp_path / "ft" / "sentinel.pt"
     train(tmp_path, "mode=evaluate", f"evaluate.weights={weights}", run="eval")
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
@@ -100,14 +91,14 @@ def test_evaluate_table_equals_ultralytics_val(tuned_and_finetuned):
     assert (tmp_path / "eval" / "metrics.md").is_file() and (tmp_path / "eval" / "confusion_matrix.png").is_file()
 
 
-def test_compare_to_latest_gives_the_differences_of_two_checkpoints(tuned_and_finetuned):
-    tmp_path = tuned_and_finetuned
-    train(tmp_path, "mode=evaluate", f"evaluate.weights={tmp_path / 'ft'}", run="eval_a")
+def test_compare_to_latest_gives_the_differences_of_two_checkpoints(tiny_project):
+    tmp_path = tiny_project
+    train(tmp_path, "mode=evaluate", f"evaluate.weights={tmp_path / 'ft_longer'}", run="eval_a")
     train(tmp_path, "mode=evaluate", "evaluate.weights=latest", "evaluate.compare_to=latest", run="eval_b")
     a = json.loads((tmp_path / "eval_a" / "metrics.json").read_text())
     b = json.loads((tmp_path / "eval_b" / "metrics.json").read_text())
-    assert a["weights"] == str(tmp_path / "ft" / "sentinel.pt")
-    assert b["weights"] == str(tmp_path / "ft_longer" / "sentinel.pt")  # latest: the newest fine-tune
+    assert a["weights"] == str(tmp_path / "ft_longer" / "sentinel.pt")
+    assert b["weights"] == str(tmp_path / "ft" / "sentinel.pt")  # latest: the newest fine-tune
     assert b["compared_to"] == a["weights"]  # latest: the newest evaluation before this one
     assert b["means_diff"] == pytest.approx({k: b["means"][k] - a["means"][k] for k in b["means"]})
     assert any(abs(v) > 0 for v in b["means_diff"].values())  # two different models, not a self-comparison
@@ -117,17 +108,17 @@ def test_compare_to_latest_gives_the_differences_of_two_checkpoints(tuned_and_fi
     assert "Δ AP50-95" in (tmp_path / "eval_b" / "metrics.md").read_text()
 
 
-def test_export_latest_loads_and_predicts_every_format(tuned_and_finetuned):
+def test_export_latest_loads_and_predicts_every_format(tiny_project):
     from ultralytics import YOLO
 
-    tmp_path = tuned_and_finetuned
+    tmp_path = tiny_project
     train(tmp_path, "mode=export", "export.weights=latest", "export.formats=[torchscript,onnx]", run="export")
     result = json.loads((tmp_path / "export" / "export_result.json").read_text())
-    assert result["weights"] == str(tmp_path / "ft_longer" / "sentinel.pt")
+    assert result["weights"] == str(tmp_path / "ft" / "sentinel.pt")  # latest: the newest fine-tune
     assert sorted(result["files"]) == ["onnx", "torchscript"]
     data = yaml.safe_load((tmp_path / "ft" / "finetune_args.yaml").read_text())["data"]
     image = sorted((Path(data).parent / "images" / "val").iterdir())[0]
-    reference = YOLO(str(tmp_path / "ft_longer" / "sentinel.pt")).predict(str(image), imgsz=64, verbose=False)[0]
+    reference = YOLO(str(tmp_path / "ft" / "sentinel.pt")).predict(str(image), imgsz=64, verbose=False)[0]
     for fmt, path in result["files"].items():
         assert Path(path).is_file() and Path(path).parent == tmp_path / "export" / "export", fmt
         predicted = YOLO(path, task="detect").predict(str(image), imgsz=64, device="cpu", verbose=False)
@@ -135,12 +126,12 @@ def test_export_latest_loads_and_predicts_every_format(tuned_and_finetuned):
         assert predicted[0].names == reference.names, fmt
 
 
-def test_export_format_with_missing_package_fails_first(tuned_and_finetuned, tmp_path):
+def test_export_format_with_missing_package_fails_first(tiny_project, tmp_path):
     result = run_train(
         [
             *TINY,
             "mode=export",
-            f"export.weights={tuned_and_finetuned / 'ft'}",
+            f"export.weights={tiny_project / 'ft'}",
             "export.formats=[coreml]",
             f"data_dir={tmp_path}/data",
             f"hydra.run.dir={tmp_path}/run",

@@ -89,7 +89,7 @@ def test_counts_agree_with_mode_evaluate(project):
         theirs = evaluated[row["class"]]
         assert row["instances"] == theirs["instances"], row["class"]
         assert abs(row["recall"] - theirs["recall"]) <= 1 / row["instances"] + 1e-6, row["class"]
-        assert row["recall"] == pytest.approx(errors["evaluate_recall"][row["class"]], abs=1 / row["instances"])
+        assert abs(row["recall"] - errors["evaluate_recall"][row["class"]]) <= 1 / row["instances"] + 1e-6, row["class"]
     assert "| gun |" in (project / "insp" / "errors.md").read_text()
 
 
