@@ -173,6 +173,8 @@ def test_stage_input_errors_are_one_clear_message(tmp_path, args, text):
     assert result.returncode == 1
     assert text in result.stderr
     assert "Traceback" not in result.stderr
+    if text == "finetune.hparams_from":  # a folder needs no dataset: refused before prep (a download, the first time)
+        assert not (tmp_path / "data" / "merged").exists()
 
 
 def test_cfg_job_prints_config_without_importing_heavy_libraries(tmp_path):

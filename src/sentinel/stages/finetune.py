@@ -81,6 +81,14 @@ def choose_hparams(cfg: SentinelConfig, dataset: str, from_run: Path | None = No
     return read_hparams(path), str(path)
 
 
+def check_hparams_folder(cfg: SentinelConfig) -> None:
+    """A run folder in finetune.hparams_from needs no dataset: when it holds no tune run, say so before prep
+    (which downloads the sources the first time). `latest` is looked up on the prepared dataset later."""
+    wanted = cfg.finetune.hparams_from.strip()
+    if wanted and wanted != "latest":
+        resolve_result(wanted, "tune", "finetune.hparams_from", data_dir_of(cfg))
+
+
 def read_hparams(path: Path) -> dict[str, Any]:
     """best_hparams.yaml of a tune run: a mapping of training arguments, or a clear error naming the file."""
     try:
@@ -133,6 +141,8 @@ def finetune(
     """Fine-tune and save the final weights in the run folder (or reuse a finished identical run)."""
     check_weights_available(cfg.model.weights)
     check_device(cfg.hardware.device)
+    if hparams_run is None:
+        check_hparams_folder(cfg)
     merged = dataset.merged()
     hparams, source = choose_hparams(cfg, merged.fingerprint, hparams_run)
     args = training_args(cfg, hparams)
