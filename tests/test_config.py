@@ -219,7 +219,7 @@ def test_run_folder_has_resolved_config_and_log_and_no_secret(tmp_path):
     secret = "fake-secret-key-9f8e7d6c"
     run_dir = tmp_path / "run"
     result = run_train(
-        ["mode=prep", UNTRACKED, f"data_dir={tmp_path}/data", f"hydra.run.dir={run_dir}"],  # the store: test_secrets
+        ["mode=prep", UNTRACKED, f"data_dir={tmp_path}/data", f"hydra.run.dir={run_dir}"],  # MLflow: test_tracking
         cwd=tmp_path,
         env={"ROBOFLOW_API_KEY": secret},
     )
