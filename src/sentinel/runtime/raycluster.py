@@ -289,11 +289,14 @@ def node_problem(dataset_yaml: str, run_dir: str) -> str:
 
 
 def connect_ray(hw: HardwareConfig) -> bool:
-    """Start or join Ray; returns True when we started it (and so must shut it down)."""
+    """Start or join Ray; returns True when we started it (and so must shut it down).
+
+    The caller has checked the address with check_ray_address first (ray.init waits forever on an address
+    that is not Ray): both callers do it before work that takes longer than the check, so it is not repeated
+    here, where a Ray Client address (silent until spoken to) costs about a second each time."""
     import ray
 
     address = hw.ray_address.strip()
-    check_ray_address(address)
     if ray.is_initialized():
         return False
     # Workers' output stays out of the console: Ray forwards every trial's stdout/stderr to the driver,

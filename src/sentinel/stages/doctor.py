@@ -56,13 +56,14 @@ class DoctorResult:
 
 def doctor(cfg: SentinelConfig, run_dir: Path) -> DoctorResult:
     types = {source.type for source in cfg.datasets.values()}
+    ray_row = ray_check(cfg.hardware)
     checks = [
         Check("python", True, f"{platform.python_version()} ({platform.python_implementation()})"),
         *package_checks(),
         torch_check(str(cfg.hardware.device)),
         mongodb_check(cfg, needed="coco" in types),
-        ray_check(cfg.hardware),
-        *cluster_node_checks(cfg.hardware, data_dir_of(cfg), run_dir),
+        ray_row,
+        *cluster_node_checks(cfg.hardware, data_dir_of(cfg), run_dir, joinable=ray_row.ok),
         roboflow_key_check(needed="roboflow" in types),
         weights_check(str(cfg.model.weights)),
         tracking_check(cfg.tracking, cfg.paths.tracking),
@@ -232,17 +233,14 @@ def ray_check(hw: HardwareConfig, needed: bool = True) -> Check:
     return Check("Ray", True, f"local Ray with {cpus} CPUs: {per_round} trial(s) at once", needed=needed)
 
 
-def cluster_node_checks(hw: HardwareConfig, data_dir: Path, run_dir: Path) -> list[Check]:
+def cluster_node_checks(hw: HardwareConfig, data_dir: Path, run_dir: Path, joinable: bool) -> list[Check]:
     """On a cluster, one row per alive node: its CPUs and GPUs, whether it has this machine's merged datasets
-    (a copy is not needed with dataset_sync) and whether it can write the run folder (Ray Tune's storage)."""
-    from sentinel.runtime.raycluster import check_ray_address, connect_ray, node_reports
+    (a copy is not needed with dataset_sync) and whether it can write the run folder (Ray Tune's storage).
+    `joinable`: ray_check found Ray at the address (else it reports why, and joining would wait forever)."""
+    from sentinel.runtime.raycluster import connect_ray, node_reports
 
-    if not hw.ray_address.strip():
+    if not hw.ray_address.strip() or not joinable:
         return []
-    try:
-        check_ray_address(hw.ray_address.strip())
-    except SentinelError:
-        return []  # ray_check reports it
     import ray
 
     started = connect_ray(hw)

@@ -172,8 +172,8 @@ def tune(
         best = yaml.safe_load((run_dir / "best_hparams.yaml").read_text()) or {}
         return TuneResult(run_dir, best, float(done["best_metric"]), 0, None, skipped=True)
     data_dir = data_dir_of(cfg)
-    # An address that is not Ray fails in a second, not after the dry builds' tens of seconds (connect_ray
-    # checks it again: library callers come straight to it).
+    # An address that is not Ray fails in a second, not after the dry builds' tens of seconds; connect_ray
+    # relies on this check.
     check_ray_address(cfg.hardware.ray_address.strip())
     claim_run_folder(run_dir, "tune", fingerprint)
     cfg = without_keys(cfg, check_search_applies(cfg, merged.dataset_yaml, run_dir))  # before Ray: seconds
