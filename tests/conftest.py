@@ -211,19 +211,22 @@ TINY = ["experiment=tiny", UNTRACKED]  # conf/experiment/tiny.yaml: the demo at 
 DEMO_FINETUNE = ["model.epochs=40", "model.patience=40", "augmentation.close_mosaic=10"]
 
 
-def train_runs(folder: Path, *runs: tuple[str, ...]) -> None:
-    """Each (run folder, overrides...) as a tiny train.py run in `folder`, data_dir `folder`/data, in order."""
-    for run, *args in runs:
-        result = run_train([*TINY, *args, f"data_dir={folder / 'data'}", f"hydra.run.dir={folder / run}"], cwd=folder)
-        assert result.returncode == 0, f"{run}: {result.stderr[-3000:]}"
+def train_tiny(folder: Path, *args: str, run: str | None = None) -> subprocess.CompletedProcess:
+    """A tiny train.py run that must succeed, in `folder` with data_dir `folder`/data and run folder `folder`/`run`
+    (a new dated one under `folder`/outputs when None)."""
+    run_dir = [f"hydra.run.dir={folder / run}"] if run else []
+    result = run_train([*TINY, f"data_dir={folder / 'data'}", *run_dir, *args], cwd=folder)
+    assert result.returncode == 0, f"{run or 'run'}: {result.stderr[-3000:]}"
+    return result
 
 
 def fine_tune_as_demo(folder: Path) -> None:
-    train_runs(folder, ("ft_longer", "mode=finetune", *DEMO_FINETUNE))
+    train_tiny(folder, "mode=finetune", *DEMO_FINETUNE, run="ft_longer")
 
 
 def search_then_fine_tune(folder: Path) -> None:
-    train_runs(folder, ("tune", "mode=tune"), ("ft", "mode=finetune", "finetune.hparams_from=latest"))
+    train_tiny(folder, "mode=tune", run="tune")
+    train_tiny(folder, "mode=finetune", "finetune.hparams_from=latest", run="ft")
 
 
 @pytest.fixture(scope="session")

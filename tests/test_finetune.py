@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -13,20 +12,13 @@ import pytest
 import yaml
 
 from builders import last_epoch_rate
-from conftest import TINY, kill_process_tree, run_train, start_train
+from conftest import TINY, kill_process_tree, run_train, start_train, train_tiny
 
 pytestmark = pytest.mark.slow
 
 # tiny_project (conftest): the session's fine-tune as long as `make demo`'s (`ft_longer`: mAP50 about 0.8 there,
 # measurably better than 2 epochs' mAP 0), then a small search (`tune`) and a fine-tune that takes its values from
 # it (`ft`, latest: the newest fine-tune). The tests here check those runs and add their own beside them.
-
-
-def train(tmp_path: Path, *args: str, run: str | None = None) -> subprocess.CompletedProcess:
-    run_dir = [f"hydra.run.dir={tmp_path / run}"] if run else []
-    result = run_train([*TINY, f"data_dir={tmp_path}/data", *run_dir, *args], cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
 
 
 def test_finetune_uses_exactly_the_tuned_values(tiny_project):
@@ -62,7 +54,7 @@ def test_evaluate_table_equals_ultralytics_val(tiny_project):
 
     tmp_path = tiny_project
     weights = tmp_path / "ft" / "sentinel.pt"
-    train(tmp_path, "mode=evaluate", f"evaluate.weights={weights}", run="eval")
+    train_tiny(tmp_path, "mode=evaluate", f"evaluate.weights={weights}", run="eval")
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     data = json.loads((tmp_path / "ft" / "finetune_result.json").read_text())
     dataset_yaml = yaml.safe_load((tmp_path / "ft" / "finetune_args.yaml").read_text())["data"]
@@ -93,8 +85,8 @@ def test_evaluate_table_equals_ultralytics_val(tiny_project):
 
 def test_compare_to_latest_gives_the_differences_of_two_checkpoints(tiny_project):
     tmp_path = tiny_project
-    train(tmp_path, "mode=evaluate", f"evaluate.weights={tmp_path / 'ft_longer'}", run="eval_a")
-    train(tmp_path, "mode=evaluate", "evaluate.weights=latest", "evaluate.compare_to=latest", run="eval_b")
+    train_tiny(tmp_path, "mode=evaluate", f"evaluate.weights={tmp_path / 'ft_longer'}", run="eval_a")
+    train_tiny(tmp_path, "mode=evaluate", "evaluate.weights=latest", "evaluate.compare_to=latest", run="eval_b")
     a = json.loads((tmp_path / "eval_a" / "metrics.json").read_text())
     b = json.loads((tmp_path / "eval_b" / "metrics.json").read_text())
     assert a["weights"] == str(tmp_path / "ft_longer" / "sentinel.pt")
@@ -112,7 +104,7 @@ def test_export_latest_loads_and_predicts_every_format(tiny_project):
     from ultralytics import YOLO
 
     tmp_path = tiny_project
-    train(tmp_path, "mode=export", "export.weights=latest", "export.formats=[torchscript,onnx]", run="export")
+    train_tiny(tmp_path, "mode=export", "export.weights=latest", "export.formats=[torchscript,onnx]", run="export")
     result = json.loads((tmp_path / "export" / "export_result.json").read_text())
     assert result["weights"] == str(tmp_path / "ft" / "sentinel.pt")  # latest: the newest fine-tune
     assert sorted(result["files"]) == ["onnx", "torchscript"]
@@ -143,7 +135,7 @@ def test_export_format_with_missing_package_fails_first(tiny_project, tmp_path):
 
 
 def test_mode_all_runs_every_stage_then_skips_them_all(tmp_path):
-    first = train(tmp_path, "mode=all", run="all1")
+    first = train_tiny(tmp_path, "mode=all", run="all1")
     for name in (
         "prep_report.md",
         "best_hparams.yaml",
@@ -155,7 +147,7 @@ def test_mode_all_runs_every_stage_then_skips_them_all(tmp_path):
     ):
         assert (tmp_path / "all1" / name).exists(), name
     assert "(already done" not in first.stdout
-    second = train(tmp_path, "mode=all", run="all2")
+    second = train_tiny(tmp_path, "mode=all", run="all2")
     stages = ("prep:", "tune:", "finetune:", "export:", "evaluate:")
     lines = [line for line in second.stdout.splitlines() if line.strip().startswith(stages)]
     assert len(lines) == 5 and all("(already done: reused)" in line for line in lines), lines
@@ -164,12 +156,12 @@ def test_mode_all_runs_every_stage_then_skips_them_all(tmp_path):
 
     # The same command in the same run folder again: everything reused, nothing of its own deleted.
     weights = (tmp_path / "all1" / "sentinel.pt").read_bytes()
-    train(tmp_path, "mode=all", run="all1")
+    train_tiny(tmp_path, "mode=all", run="all1")
     assert (tmp_path / "all1" / "sentinel.pt").read_bytes() == weights
     assert (tmp_path / "all1" / "best_hparams.yaml").is_file() and (tmp_path / "all1" / "metrics.json").is_file()
 
     # A fine-tune-only change: the search is reused, the fine-tune runs again.
-    third = train(tmp_path, "mode=all", "model.epochs=3", "model.output_name=longer.pt", run="all3")
+    third = train_tiny(tmp_path, "mode=all", "model.epochs=3", "model.output_name=longer.pt", run="all3")
     lines = {line.split(":")[0].strip(): line for line in third.stdout.splitlines() if line.startswith("  ")}
     assert "(already done: reused)" in lines["tune"] and "(already done" not in lines["finetune"]
     assert not (tmp_path / "all3" / "ray_tune").exists() and (tmp_path / "all3" / "longer.pt").is_file()
