@@ -163,13 +163,17 @@ def test_plots_report_and_best_weights_exist(finished_run):
 
 
 def test_same_seed_samples_the_same_trials(finished_run, tmp_path):
-    result = run_train(tune_args(tmp_path, "again", "tune.num_samples=4", "tune.epochs=2"), cwd=tmp_path)
+    # Also the `random` case of test_every_search_alg_runs_a_real_search_one_trial_at_a_time_when_asked (the
+    # default search_alg, which finished_run searched with): a second random search, one trial at a time.
+    args = tune_args(tmp_path, "again", "tune.num_samples=4", "tune.epochs=2", "hardware.max_concurrent_trials=1")
+    result = run_train(args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
 
     def sampled(run_dir: Path) -> list[tuple[str, ...]]:
         return sorted((r["lr0"], r["fliplr"], r["mosaic"]) for r in read_rows(run_dir))
 
     assert sampled(tmp_path / "again") == sampled(finished_run)
+    assert_a_search_one_trial_at_a_time(tmp_path / "again", "random", trials=4)
 
 
 # Starts a local Ray in a fresh process, then leaves ray_shutting_down(started) after some work: whether the
@@ -266,19 +270,25 @@ def test_bad_tune_input_fails_before_any_training(tmp_path, extra, message):
 HAS_HYPEROPT = importlib.util.find_spec("hyperopt") is not None
 
 
-@pytest.mark.parametrize("search_alg", ["random", "optuna", "hyperopt"])
+def assert_a_search_one_trial_at_a_time(run_dir: Path, search_alg: str, trials: int) -> None:
+    """`search_alg` made `trials` different suggestions, the report names it, and no two trials overlapped."""
+    rows = read_rows(run_dir)
+    assert len(rows) == trials and len({r["lr0"] for r in rows}) == trials  # different suggestions
+    intervals = sorted(trial_intervals(run_dir))
+    # One trial at a time. Ray's timestamps are whole seconds, so "after" is up to one second early.
+    assert all(b[0] >= a[1] - 1.0 for a, b in itertools.pairwise(intervals)), intervals
+    assert f"search {search_alg}" in (run_dir / "tune_report.md").read_text()
+
+
+# `random` (the default) is checked by test_same_seed_samples_the_same_trials, whose second search it is.
+@pytest.mark.parametrize("search_alg", ["optuna", "hyperopt"])
 def test_every_search_alg_runs_a_real_search_one_trial_at_a_time_when_asked(tmp_path, search_alg):
     if search_alg == "hyperopt" and not HAS_HYPEROPT:
         pytest.skip(f"{EXPECTED_SKIP}hyperopt is optional and not installed (pip install hyperopt)")
     args = tune_args(tmp_path, "run", "tune.num_samples=3", f"tune.search_alg={search_alg}")
     result = run_train([*args, "hardware.max_concurrent_trials=1"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    rows = read_rows(tmp_path / "run")
-    assert len(rows) == 3 and len({r["lr0"] for r in rows}) == 3  # three different suggestions
-    intervals = sorted(trial_intervals(tmp_path / "run"))
-    # One trial at a time. Ray's timestamps are whole seconds, so "after" is up to one second early.
-    assert all(b[0] >= a[1] - 1.0 for a, b in itertools.pairwise(intervals)), intervals
-    assert f"search {search_alg}" in (tmp_path / "run" / "tune_report.md").read_text()
+    assert_a_search_one_trial_at_a_time(tmp_path / "run", search_alg, trials=3)
 
 
 @pytest.mark.skipif(HAS_HYPEROPT, reason=f"{EXPECTED_SKIP}hyperopt is installed, so its absence cannot be tested")
