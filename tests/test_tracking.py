@@ -422,8 +422,10 @@ def test_a_run_whose_tracking_service_died_is_marked_killed_by_the_next_start(tm
     assert client.get_run(killed_id).info.status == "KILLED"
 
 
-@pytest.mark.parametrize("backend", ["mlflow", "none"])
-def test_compare_names_the_key_that_differs_and_each_runs_metric(tmp_path, backend):
+@pytest.fixture(scope="module")
+def three_preps(tmp_path_factory) -> tuple[Path, dict[str, int]]:
+    """Three tracked preps that differ in merge.exclude, in one launch folder: it, and each one's box count."""
+    tmp_path = tmp_path_factory.mktemp("three_preps")
     boxes = {}
     for exclude in ("[gun]", "[knife]", "[]"):
         run_dir = f"outputs/exclude{len(boxes)}"
@@ -432,10 +434,23 @@ def test_compare_names_the_key_that_differs_and_each_runs_metric(tmp_path, backe
         )
         assert result.returncode == 0, result.stderr[-3000:]
         boxes[exclude] = json.loads((tmp_path / run_dir / "prep_report.json").read_text())["totals"]["boxes"]
-    args = ["mode=compare", "compare.metric=prep/boxes", "compare.runs=3", f"tracking={backend}", "hydra.run.dir=cmp"]
+    return tmp_path, boxes
+
+
+@pytest.mark.parametrize("backend", ["mlflow", "none"])
+def test_compare_names_the_key_that_differs_and_each_runs_metric(three_preps, backend):
+    tmp_path, boxes = three_preps  # compare reads them from MLflow's store, or from their run folders (none)
+    run_dir = f"cmp_{backend}"  # beside outputs/, where compare looks for run folders
+    args = [
+        "mode=compare",
+        "compare.metric=prep/boxes",
+        "compare.runs=3",
+        f"tracking={backend}",
+        f"hydra.run.dir={run_dir}",
+    ]
     result = run_train(args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    report = (tmp_path / "cmp" / "compare.md").read_text()
+    report = (tmp_path / run_dir / "compare.md").read_text()
     assert "Config keys that differ between these runs: `merge.exclude`." in report
     rows = [line for line in report.splitlines() if line.startswith("| ")][1:]  # after the header
     assert len(rows) == 3
@@ -443,8 +458,8 @@ def test_compare_names_the_key_that_differs_and_each_runs_metric(tmp_path, backe
         shown = json.dumps(json.loads(exclude.replace("gun", '"gun"').replace("knife", '"knife"')))
         assert any(f"| {count} | {shown} |" in row for row in rows), (exclude, count, report)
     assert [int(row.split(" | ")[1]) for row in rows] == sorted(boxes.values(), reverse=True)  # best first
-    page = (tmp_path / "cmp" / "compare.html").read_text()
-    assert f"file://{tmp_path}/outputs/exclude0" in page and (tmp_path / "cmp" / "compare.png").stat().st_size > 0
+    page = (tmp_path / run_dir / "compare.html").read_text()
+    assert f"file://{tmp_path}/outputs/exclude0" in page and (tmp_path / run_dir / "compare.png").stat().st_size > 0
     assert ("/#/experiments/" in report) is (backend == "mlflow")  # each MLflow run's page
 
 
